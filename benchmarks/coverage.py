@@ -1,0 +1,265 @@
+"""Zoo coverage: prune one representative config of every mmdet / mmseg family.
+
+    python benchmarks/coverage.py [--codebase mmdet mmseg] [--families a b] [--timeout 600]
+                                  [--ratio 0.3] [--out work_dirs/coverage.json]
+
+For each family (a folder of the installed host's config zoo) one config is
+built with random init (nothing is downloaded) and, in a subprocess with a
+timeout: the dense model runs tensor, loss and predict (else the failure is the
+host's); ``mmprune.prune`` removes 30 % of the channels with l2; the pruned
+model must keep its tensor-output shapes, run loss + backward on 2 images, run
+predict, and be rebuilt from its structure (``mmprune.PrunedModel``) with the
+same outputs. Prints a table and writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+#: families the benchmark does not try, with the reason
+SKIPPED = {
+    'mmdet': {
+        **dict.fromkeys(['bytetrack', 'deepsort', 'ocsort', 'qdtrack', 'masktrack_rcnn',
+                         'mask2former_vis', 'sort', 'strongsort', 'reid', 'mot'],
+                        'tracking / video, not single-image'),
+        **dict.fromkeys(['glip', 'grounding_dino', 'mm_grounding_dino', 'xdecoder'],
+                        'text-prompted (needs a language model and text inputs)'),
+        **dict.fromkeys(['_base_', 'common', 'misc', 'legacy_1.x', 'dsdl'],
+                        'no model of its own (shared fragments / dataset formats)'),
+        **dict.fromkeys(['cityscapes', 'deepfashion', 'lvis', 'objects365', 'openimages',
+                         'pascal_voc', 'wider_face', 'crowdhuman'],
+                        'dataset variant of a family tried elsewhere'),
+        **dict.fromkeys(['albu_example', 'instaboost', 'simple_copy_paste',
+                         'strong_baselines', 'soft_teacher', 'selfsup_pretrain'],
+                        'training recipe of a family tried elsewhere'),
+        'timm_example': 'needs the optional timm package',
+    },
+    'mmseg': {
+        '_base_': 'shared fragments',
+        'dsdl': 'dataset format',
+        'vpd': 'needs Stable Diffusion weights and text encoder',
+        'san': 'text-prompted (CLIP)',
+    },
+}
+
+STAGES = ('build', 'dense', 'prune', 'tensor', 'loss', 'predict', 'reload')
+
+
+def config_root(codebase: str) -> str:
+    import importlib
+    pkg = importlib.import_module(codebase)
+    return os.path.join(os.path.dirname(pkg.__file__), '.mim', 'configs')
+
+
+def representative(folder: str) -> str | None:
+    """The family's plainest config: R-50 / 1x / COCO or Cityscapes-like, shortest name."""
+    files = [f for f in os.listdir(folder) if f.endswith('.py')]
+    if not files:
+        return None
+
+    def score(f: str):
+        return (('r50' not in f and 'r18' not in f), 'caffe' in f, 'ms-' in f or 'ms_' in f,
+                'tta' in f, not ('coco' in f or 'cityscapes' in f or 'ade20k' in f),
+                len(f), f)
+    return sorted(files, key=score)[0]
+
+
+def families(codebase: str):
+    root = config_root(codebase)
+    for fam in sorted(os.listdir(root)):
+        if not os.path.isdir(os.path.join(root, fam)):
+            continue
+        skip = SKIPPED[codebase].get(fam)
+        cfg = representative(os.path.join(root, fam))
+        if cfg is None:
+            skip = skip or 'no config files'
+        yield fam, (f'{codebase}::{fam}/{cfg}' if cfg else None), skip
+
+
+def run_one(config: str, ratio: float, shape) -> dict:
+    """All stages for one config, in this process. Returns a record."""
+    import torch
+
+    import mmprune
+    from mmprune.graph import make_batch, tensor_forward
+    from mmprune.models import build_pruned_model
+
+    torch.manual_seed(0)
+    rec: dict = dict(config=config, stage=None, reason=None)
+    stage = 'build'
+    try:
+        model, cfg = mmprune.build_model(config)
+        stage = 'dense'
+        batch = make_batch(model, cfg, shape)
+        train_batch = make_batch(model, cfg, shape, batch_size=2, training=True, seed=1)
+        model.eval()
+        with torch.no_grad():
+            dense_out = [o.shape for o in tensor_forward(model, batch)]
+            model(batch['inputs'], batch['data_samples'], mode='predict')
+        model.train()
+        loss, _ = model.parse_losses(
+            model(train_batch['inputs'], train_batch['data_samples'], mode='loss'))
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        stage = 'prune'
+        t0 = time.perf_counter()
+        result = mmprune.prune(model, pruning_ratio=ratio, importance='l2', cfg=cfg,
+                               input_shape=shape)
+        rec.update(prune_s=round(time.perf_counter() - t0, 2),
+                   params=list(result.params), flops=list(result.flops),
+                   output_layers=result.output_layers)
+        stage = 'tensor'
+        model.eval()
+        with torch.no_grad():
+            out = tensor_forward(model, batch)
+        shapes = [o.shape for o in out]
+        if shapes != dense_out:
+            raise AssertionError(f'output shapes changed: {dense_out[:4]} -> {shapes[:4]}')
+        stage = 'loss'
+        model.train()
+        loss, _ = model.parse_losses(
+            model(train_batch['inputs'], train_batch['data_samples'], mode='loss'))
+        if not torch.isfinite(loss):
+            raise AssertionError(f'loss is {loss}')
+        loss.backward()
+        stage = 'predict'
+        model.eval()
+        with torch.no_grad():
+            model(batch['inputs'], batch['data_samples'], mode='predict')
+        stage = 'reload'
+        from mmengine.registry import init_default_scope
+        init_default_scope(cfg.get('default_scope', 'mmdet'))
+        import copy
+        from mmprune.apis import _without_pretrained
+        arch = _without_pretrained(copy.deepcopy(cfg.model))
+        rebuilt = build_pruned_model(arch, result.structure)
+        rebuilt.load_state_dict(model.state_dict(), strict=True)
+        rebuilt.eval()
+        with torch.no_grad():
+            again = tensor_forward(rebuilt, batch)
+            out = tensor_forward(model, batch)
+        if not all(torch.allclose(a, b, atol=1e-5) for a, b in zip(out, again)):
+            raise AssertionError('rebuilt model gives different outputs')
+        stage = None
+    except BaseException as e:  # noqa: BLE001 - every failure is recorded
+        rec['reason'] = f'{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}'
+        rec['trace'] = traceback.format_exc()[-3000:]
+    rec['stage'] = stage
+    return rec
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--codebase', nargs='+', default=['mmdet', 'mmseg'])
+    p.add_argument('--families', nargs='+', help='only these families')
+    p.add_argument('--ratio', type=float, default=0.3)
+    p.add_argument('--shape', type=int, nargs=2, default=[256, 256])
+    p.add_argument('--timeout', type=int, default=600)
+    p.add_argument('--out', default='work_dirs/coverage.json')
+    p.add_argument('--one', help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.one:
+        import logging
+        from mmengine.logging import MMLogger
+        MMLogger.get_current_instance().setLevel(logging.ERROR)
+        print('RESULT ' + json.dumps(run_one(args.one, args.ratio, tuple(args.shape))))
+        return
+
+    records = []
+    done = {}
+    if os.path.exists(args.out):  # resume a partial run
+        for r in json.load(open(args.out)).get('records', []):
+            done[(r['codebase'], r['family'])] = r
+    for codebase in args.codebase:
+        for fam, config, skip in families(codebase):
+            if args.families and fam not in args.families:
+                continue
+            if (codebase, fam) in done and not args.families:
+                records.append(done[(codebase, fam)])
+                continue
+            rec = dict(codebase=codebase, family=fam, config=config)
+            if skip:
+                rec.update(skipped=skip)
+            else:
+                t0 = time.perf_counter()
+                try:
+                    proc = subprocess.run(
+                        [sys.executable, __file__, '--one', config, '--ratio', str(args.ratio),
+                         '--shape', *map(str, args.shape)],
+                        capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
+                    line = [x for x in proc.stdout.splitlines() if x.startswith('RESULT ')]
+                    if line:
+                        rec.update(json.loads(line[-1][7:]))
+                    else:
+                        rec.update(stage='crash', reason=(proc.stderr.strip().splitlines()
+                                                          or ['no output'])[-1][:300])
+                except subprocess.TimeoutExpired:
+                    rec.update(stage='timeout', reason=f'over {args.timeout}s')
+                rec['seconds'] = round(time.perf_counter() - t0, 1)
+            records.append(rec)
+            print(row(rec), flush=True)
+            save(args.out, records)
+    print_table(records)
+    save(args.out, records)
+
+
+def save(path: str, records: list) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(dict(records=records, totals=totals(records)), f, indent=1)
+    os.replace(tmp, path)
+
+
+def totals(records: list) -> dict:
+    out = {}
+    for cb in sorted({r['codebase'] for r in records}):
+        rs = [r for r in records if r['codebase'] == cb and not r.get('skipped')]
+        host = [r for r in rs if r.get('stage') in ('build', 'dense')]
+        ok = [r for r in rs if r.get('stage') is None]
+        out[cb] = dict(tried=len(rs), passed=len(ok), host_failures=len(host),
+                       skipped=sum(1 for r in records if r['codebase'] == cb and r.get('skipped')))
+    return out
+
+
+def _short(config: str | None) -> str:
+    return re.sub(r'^mm\w+::[^/]+/', '', config or '-')[:48]
+
+
+def row(r: dict) -> str:
+    if r.get('skipped'):
+        return f"{r['codebase']:6s} {r['family']:24s} {'skipped':8s} {r['skipped']}"
+    status = 'pass' if r.get('stage') is None else f"FAIL@{r['stage']}"
+    sizes = ''
+    if r.get('params'):
+        p0, p1 = r['params']
+        f0, f1 = r['flops']
+        sizes = f'{p0 / 1e6:6.1f}M->{p1 / 1e6:6.1f}M {f0 / 1e9:6.1f}G->{f1 / 1e9:6.1f}G'
+    reason = f" {r.get('reason')}" if r.get('reason') else ''
+    return (f"{r['codebase']:6s} {r['family']:24s} {status:12s} {_short(r.get('config')):48s} "
+            f'{sizes:32s}{reason}')
+
+
+def print_table(records: list) -> None:
+    print(f"\n{'code':6s} {'family':24s} {'status':12s} {'config':48s} "
+          f"{'params':16s} {'FLOPs (MACs)':16s} reason")
+    for r in records:
+        print(row(r))
+    for cb, t in totals(records).items():
+        rate = t['passed'] / max(t['tried'], 1)
+        print(f"{cb}: {t['passed']}/{t['tried']} families pass all stages ({rate:.0%}); "
+              f"{t['host_failures']} fail in the host before pruning; {t['skipped']} skipped")
+
+
+if __name__ == '__main__':
+    main()

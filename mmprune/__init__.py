@@ -1,0 +1,12 @@
+"""mmprune: structural channel pruning for OpenMMLab detection and segmentation models."""
+from .apis import build_model, load_pruned, save_pruned
+from .checkpoint import allow_mmengine_types
+from .models import build_pruned_model
+from .pruner import PruneResult, count_flops_params, prune
+from .structure import apply_structure, kept_channels, structure_hash
+
+__version__ = '0.1.0'
+
+__all__ = ['prune', 'PruneResult', 'count_flops_params', 'build_model', 'load_pruned',
+           'save_pruned', 'build_pruned_model', 'apply_structure', 'kept_channels',
+           'structure_hash', 'allow_mmengine_types', '__version__']

@@ -1,0 +1,199 @@
+"""Building host models from configs and writing pruned configs + checkpoints."""
+from __future__ import annotations
+
+import copy
+import os
+import pprint
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.registry import DATASETS, MODELS, init_default_scope
+
+from .checkpoint import atomic_write, load_checkpoint_file
+
+PRUNED_TYPE = 'mmprune.PrunedModel'
+
+
+def load_config(cfg: Union[str, Config, dict]) -> Config:
+    """A :class:`Config` from a path, an ``mmdet::``/``mmseg::`` name, a dict or a Config."""
+    if isinstance(cfg, Config):
+        return cfg
+    if isinstance(cfg, dict):
+        return Config(copy.deepcopy(cfg))
+    if isinstance(cfg, str):
+        if '::' not in cfg and not os.path.isfile(cfg):
+            raise FileNotFoundError(f'config not found: {cfg}')
+        return Config.fromfile(cfg)
+    raise TypeError(f'cfg must be a path, dict or Config, but got {type(cfg).__name__}')
+
+
+def _without_pretrained(model_cfg: Any) -> Any:
+    """Drop pretrained-weight downloads (``init_cfg=Pretrained``, ``pretrained=``)."""
+    if isinstance(model_cfg, dict):
+        out = type(model_cfg)()
+        for k, v in model_cfg.items():
+            if k == 'pretrained' and isinstance(v, str):
+                out[k] = None
+            elif k == 'init_cfg' and isinstance(v, dict) and v.get('type') == 'Pretrained':
+                out[k] = None
+            else:
+                out[k] = _without_pretrained(v)
+        return out
+    if isinstance(model_cfg, (list, tuple)):
+        return type(model_cfg)(_without_pretrained(v) for v in model_cfg)
+    return model_cfg
+
+
+def is_pruned_config(cfg: Config) -> bool:
+    return str(cfg.model.get('type', '')) in (PRUNED_TYPE, 'PrunedModel')
+
+
+def build_model(cfg: Union[str, Config, dict], checkpoint: Optional[str] = None,
+                pretrained: bool = False) -> Tuple[nn.Module, Config]:
+    """Build the config's model on CPU; load ``checkpoint`` strictly if given.
+
+    Without a checkpoint the model gets its own random init; pretrained
+    backbone downloads are dropped unless ``pretrained`` is set.
+    """
+    cfg = load_config(cfg)
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    model_cfg = copy.deepcopy(cfg.model)
+    if not pretrained:
+        model_cfg = _without_pretrained(model_cfg)
+    model = MODELS.build(model_cfg)
+    if checkpoint is None:
+        if not is_pruned_config(cfg):
+            model.init_weights()
+    else:
+        load_weights(model, checkpoint, cfg)
+    model.cfg = cfg
+    return model, cfg
+
+
+def load_weights(model: nn.Module, checkpoint: str, cfg: Optional[Config] = None) -> Dict:
+    """Load ``checkpoint`` into ``model`` strictly, with an error that names the mismatch."""
+    ckpt = load_checkpoint_file(checkpoint)
+    state = ckpt.get('state_dict', ckpt)
+    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    meta = ckpt.get('meta') or {}
+    pruned_ckpt = 'mmprune' in meta
+    pruned_cfg = cfg is not None and is_pruned_config(cfg)
+    if pruned_ckpt and cfg is not None and not pruned_cfg:
+        raise ValueError(f'{checkpoint} is a pruned checkpoint but the config builds the dense '
+                         f'model; use the pruned config written beside it')
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or mismatched:
+        hint = ''
+        if mismatched and pruned_cfg and not pruned_ckpt:
+            hint = ' (a dense checkpoint given to a pruned config?)'
+        raise ValueError(
+            f'checkpoint {checkpoint} does not match {type(model).__name__}{hint}: '
+            f'{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys '
+            f'{unexpected[:3]}, {len(mismatched)} shape mismatches '
+            + ', '.join(f'{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}'
+                        for k in mismatched[:3]))
+    model.load_state_dict(state, strict=True)
+    if meta.get('dataset_meta'):
+        model.dataset_meta = meta['dataset_meta']
+    return ckpt
+
+
+def dataset_meta(cfg: Config, model: Optional[nn.Module] = None) -> Optional[dict]:
+    """The class names (and palette) of the model, else of the config's test dataset."""
+    meta = getattr(model, 'dataset_meta', None)
+    if meta:
+        return dict(meta)
+    for key in ('test_dataloader', 'val_dataloader', 'train_dataloader'):
+        loader = cfg.get(key)
+        ds = loader.get('dataset') if loader else None
+        while isinstance(ds, dict) and 'dataset' in ds and 'metainfo' not in ds:
+            ds = ds['dataset']  # dataset wrappers (RepeatDataset, ...)
+        if not isinstance(ds, dict) or 'type' not in ds:
+            continue
+        init_default_scope(cfg.get('default_scope', 'mmdet'))
+        cls = DATASETS.get(ds['type'])
+        meta = dict(getattr(cls, 'METAINFO', {}) or {})
+        meta.update(ds.get('metainfo') or {})
+        if meta:
+            return {k: list(v) if isinstance(v, tuple) else v for k, v in meta.items()}
+    return None
+
+
+def _scoped_type(model_cfg: dict, default_scope: Optional[str]) -> str:
+    t = model_cfg['type']
+    if not isinstance(t, str):
+        raise TypeError(f'the model type must be a registered name, but got {t!r}')
+    return t if '.' in t or not default_scope else f'{default_scope}.{t}'
+
+
+def pruned_config_text(cfg: Config, base_name: str, structure: Dict[str, Any],
+                       summary: Dict[str, Any]) -> str:
+    """A readable pruned config: the dense config as ``_base_`` plus the pruned model."""
+    base_model = _without_pretrained(cfg.model)
+    host_type = _scoped_type(cfg.model, cfg.get('default_scope'))
+    overrides: Dict[str, Any] = {}
+    for key in ('backbone', 'init_cfg', 'pretrained'):
+        if key in cfg.model and base_model.get(key) != cfg.model.get(key):
+            overrides[key] = (dict(init_cfg=None) if key == 'backbone' else None)
+    lines = [
+        '# Pruned by mmprune. The dense model is the _base_; `structure` lists, per pruned',
+        '# layer, the attributes that changed (kept channels) and the new tensor shapes.',
+        *(f'# {k}: {v}' for k, v in summary.items()),
+        f"_base_ = './{base_name}'",
+        '',
+        'structure = ' + pprint.pformat(structure, width=100, sort_dicts=False),
+        '',
+        'model = dict(',
+        f"    type='{PRUNED_TYPE}',",
+        f'    architecture={host_type!r},',
+        '    structure=structure,',
+        *(f'    {k}={v!r},' for k, v in overrides.items()),
+        ')',
+        '',
+    ]
+    return '\n'.join(lines)
+
+
+def save_pruned(model: nn.Module, structure: Dict[str, Any], cfg: Config, out_dir: str,
+                name: Optional[str] = None, summary: Optional[Dict[str, Any]] = None,
+                overwrite: bool = False) -> Tuple[str, str]:
+    """Write ``<name>_dense.py``, ``<name>_pruned.py`` and ``<name>_pruned.pth`` to ``out_dir``.
+
+    The checkpoint holds the host state_dict (host keys, no prefix) and
+    ``meta`` with ``dataset_meta`` and ``mmprune`` (structure and summary).
+    Returns the pruned config and checkpoint paths.
+    """
+    if is_pruned_config(cfg):
+        raise ValueError('save_pruned expects the dense config the model was built from')
+    name = name or os.path.splitext(os.path.basename(cfg.filename or 'model'))[0]
+    dense_path = os.path.join(out_dir, f'{name}_dense.py')
+    cfg_path = os.path.join(out_dir, f'{name}_pruned.py')
+    ckpt_path = os.path.join(out_dir, f'{name}_pruned.pth')
+    if not overwrite:
+        for path in (dense_path, cfg_path, ckpt_path):
+            if os.path.exists(path):
+                raise FileExistsError(f'{path} exists; pass overwrite=True (--overwrite) '
+                                      f'to replace it')
+    summary = dict(summary or {})
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    meta = dict(mmprune=dict(structure=structure, summary=summary))
+    ds_meta = dataset_meta(cfg, model)
+    if ds_meta:
+        meta['dataset_meta'] = ds_meta
+    atomic_write(dense_path, lambda p: cfg.dump(p), overwrite=True)
+    text = pruned_config_text(cfg, os.path.basename(dense_path), structure, summary)
+    atomic_write(cfg_path, lambda p: open(p, 'w').write(text), overwrite=True)
+    atomic_write(ckpt_path, lambda p: torch.save(dict(state_dict=state, meta=meta), p),
+                 overwrite=True)
+    return cfg_path, ckpt_path
+
+
+def load_pruned(config: Union[str, Config], checkpoint: str) -> nn.Module:
+    """Build a pruned model from its config and load its checkpoint (CPU)."""
+    model, _ = build_model(config, checkpoint)
+    return model

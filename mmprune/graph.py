@@ -1,0 +1,319 @@
+"""Tracing an OpenMMLab model for torch-pruning's dependency graph.
+
+A host model is traced through its ``mode='tensor'`` forward, widened so that
+every layer that owns weights is seen by autograd:
+
+* frozen layers (``requires_grad=False``) are made trainable while tracing;
+* loss-only auxiliary heads of segmentors are run on the same features;
+* the RPN of two-stage detectors is run, and the RoI heads get a small fixed
+  set of proposals, so random weights that yield no proposals still trace them
+  (and the graph does not run through NMS).
+
+Layers whose output channels reach the model's outputs without passing through
+another channel-mixing layer define the outputs (class scores, box
+regressions, segmentation logits); they are found by walking the autograd
+graph back from the outputs and are never pruned.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from .custom_layers import CUSTOMIZED_PRUNERS, pruner_of
+
+
+def task_of(model: nn.Module) -> str:
+    """Return ``'det'`` or ``'seg'`` for an mmdet detector or mmseg segmentor."""
+    try:
+        from mmseg.models.segmentors import BaseSegmentor
+        if isinstance(model, BaseSegmentor):
+            return 'seg'
+    except ImportError:  # pragma: no cover - mmseg is a dependency
+        pass
+    try:
+        from mmdet.models.detectors import BaseDetector
+        if isinstance(model, BaseDetector):
+            return 'det'
+    except ImportError:  # pragma: no cover
+        pass
+    raise TypeError(
+        f'mmprune prunes mmdet detectors and mmseg segmentors, but got '
+        f'{type(model).__name__}')
+
+
+def _num_classes(model: nn.Module) -> int:
+    counts = [m.num_classes for m in model.modules()
+              if isinstance(getattr(m, 'num_classes', None), int) and m.num_classes > 0]
+    return min(counts) if counts else 1
+
+
+def _config_input_shape(cfg) -> Optional[Tuple[int, int]]:
+    """(h, w) of the first fixed-size Resize in the config's test pipeline."""
+    if cfg is None:
+        return None
+    pipelines = []
+    for key in ('test_dataloader', 'val_dataloader'):
+        loader = cfg.get(key)
+        if loader and loader.get('dataset') is not None:
+            pipelines.append(loader['dataset'].get('pipeline') or [])
+    pipelines.append(cfg.get('test_pipeline') or [])
+    for pipeline in pipelines:
+        for step in pipeline:
+            if not isinstance(step, dict):
+                continue
+            scale = step.get('scale') or step.get('img_scale')
+            if 'Resize' in str(step.get('type', '')) and scale:
+                if isinstance(scale, int):
+                    return scale, scale
+                if isinstance(scale, (list, tuple)) and len(scale) == 2 \
+                        and all(isinstance(s, int) for s in scale):
+                    w, h = scale  # OpenMMLab scales are (w, h)
+                    if step.get('keep_ratio', False):
+                        return min(w, h), min(w, h) * max(w, h) // min(w, h)
+                    return h, w
+    return None
+
+
+def _fake_sample(task: str, h: int, w: int, num_classes: int, rng: np.random.Generator,
+                 with_masks: bool) -> Dict[str, Any]:
+    img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    results: Dict[str, Any] = dict(
+        img=img, img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
+        scale_factor=(1.0, 1.0), flip=False, flip_direction=None, img_id=0,
+        img_path='', seg_map_path='', reduce_zero_label=False)
+    if task == 'seg':
+        seg = np.zeros((h, w), dtype=np.uint8)
+        for label in range(max(num_classes, 1)):
+            y0, x0 = rng.integers(0, h), rng.integers(0, w)
+            seg[y0:y0 + h // 3, x0:x0 + w // 3] = label
+        results['gt_seg_map'] = seg
+        return results
+    from mmdet.structures.bbox import HorizontalBoxes
+    from mmdet.structures.mask import BitmapMasks
+    n = 3
+    x0 = rng.uniform(0, w * 0.5, n)
+    y0 = rng.uniform(0, h * 0.5, n)
+    bw = rng.uniform(w * 0.2, w * 0.45, n)
+    bh = rng.uniform(h * 0.2, h * 0.45, n)
+    boxes = np.stack([x0, y0, x0 + bw, y0 + bh], axis=1).astype(np.float32)
+    masks = np.zeros((n, h, w), dtype=np.uint8)
+    seg = np.full((h, w), 255, dtype=np.uint8)
+    labels = rng.integers(0, num_classes, n).astype(np.int64)
+    for i, (a, b, c, d) in enumerate(boxes.astype(int)):
+        masks[i, b:d, a:c] = 1
+        seg[b:d, a:c] = labels[i]
+    results.update(
+        gt_bboxes=HorizontalBoxes(boxes), gt_bboxes_labels=labels,
+        gt_ignore_flags=np.zeros(n, dtype=bool), gt_seg_map=seg)
+    if with_masks:
+        results['gt_masks'] = BitmapMasks(masks, h, w)
+    return results
+
+
+def make_batch(model: nn.Module, cfg=None, input_shape: Optional[Sequence[int]] = None,
+               batch_size: int = 1, training: bool = False, seed: int = 0) -> Dict[str, Any]:
+    """A preprocessed batch for ``model(**batch, mode=...)``.
+
+    The image size comes from ``input_shape`` (h, w) or else the config's test
+    pipeline, then goes through the model's own ``data_preprocessor`` (so
+    normalisation and ``pad_size_divisor`` apply). Ground truth (boxes, masks,
+    semantic maps) is included so the same batch serves ``mode='loss'``.
+    """
+    task = task_of(model)
+    if input_shape is None:
+        input_shape = _config_input_shape(cfg) or (512, 512)
+    if isinstance(input_shape, int):
+        input_shape = (input_shape, input_shape)
+    h, w = int(input_shape[-2]), int(input_shape[-1])
+    rng = np.random.default_rng(seed)
+    num_classes = _num_classes(model)
+    if task == 'det':
+        from mmdet.datasets.transforms import PackDetInputs
+        pack = PackDetInputs(meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                                        'scale_factor', 'flip', 'flip_direction'))
+    else:
+        from mmseg.datasets.transforms import PackSegInputs
+        pack = PackSegInputs()
+    with_masks = any('mask' in name for name, _ in model.named_children())
+    packed = [pack(_fake_sample(task, h, w, num_classes, rng, with_masks))
+              for _ in range(batch_size)]
+    data = dict(inputs=[p['inputs'] for p in packed],
+                data_samples=[p['data_samples'] for p in packed])
+    with torch.no_grad():
+        return model.data_preprocessor(data, training)
+
+
+@contextlib.contextmanager
+def tracing_state(model: nn.Module) -> Iterator[None]:
+    """Eval mode, grads enabled and every parameter trainable; all restored after."""
+    modes = {m: m.training for m in model.modules()}
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.eval()
+        with torch.enable_grad():
+            yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        # pruning replaces parameters with new objects, so match them by name
+        params = dict(model.named_parameters())
+        for name in frozen:
+            if name in params:
+                params[name].requires_grad_(False)
+
+
+def _fixed_proposals(data_samples, num: int = 4):
+    from mmengine.structures import InstanceData
+    proposals = []
+    for sample in data_samples:
+        h, w = sample.metainfo.get('img_shape', sample.metainfo.get('batch_input_shape'))
+        boxes = []
+        for i in range(num):
+            for j in range(num):
+                boxes.append([w * j / (num + 1), h * i / (num + 1),
+                              w * (j + 2) / (num + 1), h * (i + 2) / (num + 1)])
+        bboxes = torch.tensor(boxes, dtype=torch.float32)
+        proposals.append(InstanceData(
+            bboxes=bboxes, scores=torch.ones(len(boxes)),
+            labels=torch.zeros(len(boxes), dtype=torch.long)))
+    return proposals
+
+
+def _flatten_tensors(obj) -> List[torch.Tensor]:
+    out: List[torch.Tensor] = []
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            out.extend(_flatten_tensors(v))
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            out.extend(_flatten_tensors(v))
+    elif hasattr(obj, 'to_dict') and callable(obj.to_dict):  # mmengine data elements
+        out.extend(_flatten_tensors(obj.to_dict()))
+    return out
+
+
+def tensor_forward(model: nn.Module, batch: Dict[str, Any]) -> List[torch.Tensor]:
+    """Run the host ``mode='tensor'`` forward, widened to every weighted layer.
+
+    Returns the flat list of output tensors (including the outputs of RPN and
+    auxiliary heads that the host's tensor mode leaves out).
+    """
+    extra: List[Any] = []
+    patches: List[Tuple[Any, str, Any]] = []
+
+    def patch(obj, name, fn):
+        patches.append((obj, name, obj.__dict__.get(name, None)))
+        setattr(obj, name, fn)
+
+    rpn_head = getattr(model, 'rpn_head', None)
+    try:
+        from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+    except ImportError:  # pragma: no cover
+        BaseDenseHead = ()
+    if rpn_head is not None and getattr(model, 'roi_head', None) is not None \
+            and isinstance(rpn_head, BaseDenseHead):
+
+        def rpn_predict(x, data_samples, rescale=False, **kwargs):
+            extra.append(rpn_head(x))
+            return _fixed_proposals(data_samples)
+
+        patch(rpn_head, 'predict', rpn_predict)
+
+    aux = getattr(model, 'auxiliary_head', None)
+    if aux is not None and hasattr(model, 'extract_feat'):
+        extract_feat = model.extract_feat
+
+        def extract_and_aux(inputs):
+            x = extract_feat(inputs)
+            heads = aux if isinstance(aux, nn.ModuleList) else [aux]
+            for head in heads:
+                extra.append(head(x))
+            return x
+
+        patch(model, 'extract_feat', extract_and_aux)
+    try:
+        out = model(batch['inputs'], batch['data_samples'], mode='tensor')
+    finally:
+        for obj, name, old in reversed(patches):
+            if old is None:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, old)
+    return _flatten_tensors([out, extra])
+
+
+def _registered_types() -> tuple:
+    types = tuple(tp.ops.type2class(t) for t in tp.pruner.function.PrunerBox)
+    return tuple(t for t in types if isinstance(t, type)) + tuple(CUSTOMIZED_PRUNERS)
+
+
+def _pruner_of(module: nn.Module):
+    custom = pruner_of(module)
+    if custom is not None:
+        return custom
+    return tp.pruner.function.PrunerBox.get(tp.ops.module2type(module))
+
+
+def _preserves_channels(module: nn.Module) -> bool:
+    """True for layers whose output channels are their input channels (BN, LN, depthwise)."""
+    if isinstance(module, nn.Embedding):
+        return False
+    pruner = _pruner_of(module)
+    if pruner is None:
+        return True
+    fn_out = getattr(type(pruner), 'prune_out_channels', None)
+    fn_in = getattr(type(pruner), 'prune_in_channels', None)
+    return fn_out is fn_in
+
+
+def find_output_layers(model: nn.Module, batch: Dict[str, Any],
+                       forward: Callable = tensor_forward) -> Tuple[List[str], List[torch.Tensor]]:
+    """Names of the layers whose output channels are model outputs.
+
+    Runs ``forward`` once with hooks that map autograd nodes to layers, then
+    walks back from every output tensor: through channel-preserving ops and
+    layers (activations, reshapes, norms, depthwise convs) until it reaches a
+    channel-mixing layer (conv, linear, embedding), which is recorded.
+    """
+    grad_fn_to_module: Dict[Any, nn.Module] = {}
+    types = _registered_types()
+
+    def record(module, inputs, outputs):
+        if isinstance(outputs, tuple):
+            outputs = outputs[0]
+        if isinstance(outputs, torch.Tensor) and outputs.grad_fn is not None:
+            grad_fn_to_module[outputs.grad_fn] = module
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, types)]
+    try:
+        outputs = forward(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    names = {m: n for n, m in model.named_modules()}
+    found: Dict[str, None] = {}
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    seen = set()
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        module = grad_fn_to_module.get(fn)
+        if module is not None:
+            found[names[module]] = None
+            if not _preserves_channels(module):
+                continue
+        for nxt, _ in getattr(fn, 'next_functions', ()):
+            if nxt is not None and 'AccumulateGrad' not in type(nxt).__name__:
+                stack.append(nxt)
+    return list(found), outputs

@@ -1,0 +1,331 @@
+"""``prune()``: structural pruning of an mmdet / mmseg model with torch-pruning.
+
+Example:
+    >>> import mmprune
+    >>> result = mmprune.prune('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
+    ...                        pruning_ratio=0.5, importance='l2', input_shape=(256, 256))
+    >>> result.model          # still a mmdet RetinaNet, with fewer channels
+    >>> result.structure      # plain data, see mmprune.structure
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from mmengine.logging import print_log
+
+from .custom_layers import customized_pruners_for
+from .graph import find_output_layers, make_batch, tensor_forward, tracing_state
+from .importance import (GRADIENT_IMPORTANCES, PER_SAMPLE_IMPORTANCES, build_importance,
+                         importance_name)
+from .structure import apply_structure, diff, snapshot, structure_between
+
+#: relative tolerance on ``target_flops``
+FLOPS_TOLERANCE = 0.02
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` returns. ``flops`` are MACs from torch-pruning's counter."""
+
+    model: nn.Module
+    structure: Dict[str, Any]
+    params: Tuple[int, int]
+    flops: Tuple[int, int]
+    output_layers: List[str] = field(default_factory=list)
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.flops[1] / max(self.flops[0], 1)
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params[1] / max(self.params[0], 1)
+
+    def summary(self) -> str:
+        return (f'params {self.params[0] / 1e6:.2f}M -> {self.params[1] / 1e6:.2f}M '
+                f'({self.params_ratio:.1%}), FLOPs {self.flops[0] / 1e9:.2f}G -> '
+                f'{self.flops[1] / 1e9:.2f}G ({self.flops_ratio:.1%})')
+
+
+class _TensorForward(nn.Module):
+    """Lets torch-pruning's FLOPs counter run :func:`tensor_forward`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return tensor_forward(self.model, batch)
+
+
+def count_flops_params(model: nn.Module, batch: Dict[str, Any]) -> Tuple[int, int]:
+    """(MACs, params) of the widened tensor-mode forward on ``batch``."""
+    with torch.no_grad():
+        flops, _ = tp.utils.count_ops_and_params(_TensorForward(model), (batch,))
+    params = sum(p.numel() for p in model.parameters())
+    return int(flops), int(params)
+
+
+def _check_ratio(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f'{name} must be a number in [0, 1), but got {value!r}')
+    return float(value)
+
+
+def match_modules(model: nn.Module, patterns: Union[str, Sequence[str]],
+                  what: str) -> Dict[str, nn.Module]:
+    """Modules whose names match any glob pattern; an unmatched pattern is an error."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    named = dict(model.named_modules())
+    found: Dict[str, nn.Module] = {}
+    for pattern in patterns:
+        hits = [n for n in named if n and (n == pattern or fnmatch.fnmatchcase(n, pattern))]
+        if not hits:
+            close = [n for n in named if pattern.split('.')[0] in n][:3]
+            raise KeyError(f'{what} {pattern!r} matches no layer of {type(model).__name__}'
+                           + (f' (similar: {close})' if close else ''))
+        for n in hits:
+            found[n] = named[n]
+    return found
+
+
+def _top_level(found: Dict[str, nn.Module]) -> Tuple[nn.Module, ...]:
+    names = sorted(found)
+    tops = [n for n in names if not any(n.startswith(o + '.') for o in names if o != n)]
+    return tuple(found[n] for n in tops)
+
+
+def _num_heads(model: nn.Module) -> Dict[nn.Module, int]:
+    """Attention layers whose embedding must stay divisible by their head count."""
+    heads: Dict[nn.Module, int] = {}
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            heads[m] = m.num_heads
+        elif isinstance(getattr(m, 'num_heads', None), int):
+            qkv = getattr(m, 'qkv', None)
+            if isinstance(qkv, nn.Linear):
+                heads[qkv] = m.num_heads
+    return heads
+
+
+def _loss(model: nn.Module, batch: Dict[str, Any]) -> torch.Tensor:
+    losses = model(batch['inputs'], batch['data_samples'], mode='loss')
+    loss, _ = model.parse_losses(losses)
+    return loss
+
+
+def _restore(model: nn.Module, before: Dict[str, Any], state: Dict[str, torch.Tensor]) -> None:
+    apply_structure(model, structure_between(snapshot(model), before))
+    model.load_state_dict(state)
+    for p in model.parameters():
+        p.grad = None
+
+
+def prune(model: Union[nn.Module, str, Any],
+          pruning_ratio: float = 0.5,
+          importance: Union[str, Dict[str, Any]] = 'l2',
+          *,
+          cfg: Any = None,
+          checkpoint: Optional[str] = None,
+          input_shape: Optional[Sequence[int]] = None,
+          global_pruning: bool = False,
+          pruning_ratio_dict: Optional[Dict[str, float]] = None,
+          max_pruning_ratio: float = 1.0,
+          round_to: Optional[int] = None,
+          iterative_steps: int = 1,
+          target_flops: Optional[float] = None,
+          ignored_layers: Sequence[str] = (),
+          data: Optional[Iterable[Dict[str, Any]]] = None,
+          num_batches: int = 2,
+          seed: int = 0) -> PruneResult:
+    """Prune the channels of an mmdet detector or mmseg segmentor in place.
+
+    Args:
+        model: a built host model, or a config (path, ``mmdet::``/``mmseg::``
+            name, or :class:`mmengine.Config`) to build one from.
+        pruning_ratio: fraction of channels removed from each prunable group.
+            Defaults to 0.5.
+        importance: criterion name (see :data:`mmprune.importance.IMPORTANCES`)
+            or ``dict(type=name, **kwargs)``. Defaults to ``'l2'``.
+        cfg: the config of a built ``model`` (example input size, dataloaders).
+        checkpoint: dense weights to load when ``model`` is a config.
+        input_shape: (h, w) of the example input. Defaults to the config's
+            test pipeline resize.
+        global_pruning: rank channels across layers instead of per layer.
+        pruning_ratio_dict: per-layer ratios, ``{name or glob pattern: ratio}``.
+        max_pruning_ratio: cap on any layer's ratio under global pruning.
+        round_to: keep channel counts multiples of this.
+        iterative_steps: prune in this many steps, re-scoring in between.
+        target_flops: prune until FLOPs are this fraction of the dense FLOPs
+            (within 2 %); overrides ``pruning_ratio``.
+        ignored_layers: layer names or glob patterns never pruned, in addition
+            to the output layers found from the graph.
+        data: batches (as given by a dataloader) for gradient criteria;
+            synthetic batches with the model's loss are used when None.
+        num_batches: batches used by gradient criteria.
+        seed: seed of the synthetic inputs.
+
+    Returns:
+        PruneResult: the pruned model (same object when a model was given),
+        its structure and the params/FLOPs before and after.
+    """
+    pruning_ratio = _check_ratio('pruning_ratio', pruning_ratio)
+    name = importance_name(importance)
+    if target_flops is not None and (isinstance(target_flops, bool) or not isinstance(
+            target_flops, (int, float)) or not 0 < target_flops <= 1):
+        raise ValueError(f'target_flops must be a fraction in (0, 1], but got {target_flops!r}')
+    if not (isinstance(max_pruning_ratio, (int, float)) and 0 < max_pruning_ratio <= 1):
+        raise ValueError(f'max_pruning_ratio must be in (0, 1], but got {max_pruning_ratio!r}')
+    if not isinstance(iterative_steps, int) or iterative_steps < 1:
+        raise ValueError(f'iterative_steps must be a positive int, but got {iterative_steps!r}')
+    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+        raise ValueError(f'round_to must be a positive int or None, but got {round_to!r}')
+    ratio_patterns = {k: _check_ratio(f'pruning_ratio_dict[{k!r}]', v)
+                      for k, v in (pruning_ratio_dict or {}).items()}
+    build_importance(importance)  # bad kwargs fail before anything is built
+
+    if not isinstance(model, nn.Module):
+        from .apis import build_model
+        cfg = model
+        model, cfg = build_model(cfg, checkpoint)
+    cfg = cfg if cfg is not None else getattr(model, 'cfg', None)
+
+    ignored = match_modules(model, list(ignored_layers), 'ignored_layers entry') \
+        if ignored_layers else {}
+    ratio_dict = {_top_level(match_modules(model, pattern, 'pruning_ratio_dict key')): ratio
+                  for pattern, ratio in ratio_patterns.items()}
+    batch = make_batch(model, cfg, input_shape, seed=seed)
+    if name in GRADIENT_IMPORTANCES and data is None:
+        data = [make_batch(model, cfg, input_shape, seed=seed + 1 + i) for i in range(num_batches)]
+
+    options = dict(pruning_ratio=pruning_ratio, importance=importance,
+                   global_pruning=global_pruning,
+                   pruning_ratio_dict=ratio_patterns or None,
+                   max_pruning_ratio=max_pruning_ratio, round_to=round_to,
+                   iterative_steps=iterative_steps, target_flops=target_flops,
+                   ignored_layers=list(ignored_layers),
+                   input_shape=list(batch['inputs'].shape[-2:]))
+    before = snapshot(model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        with tracing_state(model):
+            output_layers, _ = find_output_layers(model, batch)
+            named = dict(model.named_modules())
+            keep = list(ignored.values()) + [named[n] for n in output_layers]
+            flops0, params0 = count_flops_params(model, batch)
+
+            def run(ratio: float) -> int:
+                _prune_steps(model, batch, importance, ratio, keep, ratio_dict, data,
+                             num_batches, global_pruning=global_pruning,
+                             max_pruning_ratio=max_pruning_ratio, round_to=round_to,
+                             iterative_steps=iterative_steps)
+                return count_flops_params(model, batch)[0]
+
+            if target_flops is None:
+                flops1 = run(pruning_ratio) if pruning_ratio > 0 or ratio_dict else flops0
+            else:
+                options['pruning_ratio'] = _search_ratio(
+                    run, lambda: _restore(model, before, state), flops0, float(target_flops),
+                    max_pruning_ratio)
+                flops1 = count_flops_params(model, batch)[0]
+            for p in model.parameters():
+                p.grad = None
+    except BaseException:
+        _restore(model, before, state)
+        raise
+    params1 = sum(p.numel() for p in model.parameters())
+    structure = diff(before, model)
+    result = PruneResult(model, structure, (params0, params1), (flops0, flops1),
+                         output_layers, options)
+    print_log(f'[mmprune] {result.summary()}; kept output layers: {output_layers}',
+              logger='current', level=logging.INFO)
+    return result
+
+
+def _search_ratio(run: Callable[[float], int], restore: Callable[[], None], dense: int,
+                  target: float, max_ratio: float) -> float:
+    """Find the channel ratio whose FLOPs are ``target`` of ``dense``.
+
+    FLOPs fall roughly as ``(1 - ratio) ** k``; each trial re-fits ``k`` and
+    the estimate is kept inside the bracket of the trials so far.
+    """
+    lo, hi = 0.0, min(max_ratio, 0.99)
+    cap = hi
+    ratio = min(1 - math.sqrt(target), cap)
+    best: Optional[Tuple[float, float]] = None
+    for _ in range(12):
+        frac = run(ratio) / dense
+        if best is None or abs(frac - target) < abs(best[1] - target):
+            best = (ratio, frac)
+        if abs(frac - target) <= FLOPS_TOLERANCE * target:
+            return ratio
+        restore()
+        if frac > target:
+            if ratio >= cap:
+                raise ValueError(
+                    f'target_flops={target} is unreachable: at the largest allowed ratio '
+                    f'{ratio:.3f} (max_pruning_ratio={max_ratio}) FLOPs are still '
+                    f'{frac:.1%} of dense')
+            lo = ratio
+        else:
+            hi = ratio
+        estimate = (lo + hi) / 2
+        if 0 < frac < 1 and 0 < ratio < 1:
+            k = math.log(frac) / math.log(1 - ratio)
+            estimate = 1 - target ** (1 / k) if k > 0 else estimate
+        if not lo < estimate <= hi:
+            estimate = (lo + hi) / 2 if hi < cap or frac <= target else cap
+        ratio = min(estimate, cap)
+    ratio, frac = best
+    run(ratio)
+    print_log(f'[mmprune] target_flops={target} not met within {FLOPS_TOLERANCE:.0%}; '
+              f'closest: {frac:.1%} of dense at pruning_ratio={ratio:.3f}',
+              logger='current', level=logging.WARNING)
+    return ratio
+
+
+def _prune_steps(model: nn.Module, batch: Dict[str, Any], importance, ratio: float,
+                 keep: List[nn.Module], ratio_dict, data, num_batches: int,
+                 **options) -> None:
+    name = importance_name(importance)
+    imp = build_importance(importance)
+    pruner = tp.pruner.MetaPruner(
+        model, batch, importance=imp, pruning_ratio=ratio,
+        pruning_ratio_dict=ratio_dict or None, ignored_layers=keep,
+        num_heads=_num_heads(model), customized_pruners=customized_pruners_for(model),
+        forward_fn=tensor_forward, **options)
+    for _ in range(options['iterative_steps']):
+        if name in GRADIENT_IMPORTANCES:
+            _accumulate_gradients(model, data, num_batches, imp, name in PER_SAMPLE_IMPORTANCES)
+        pruner.step()
+
+
+def _accumulate_gradients(model: nn.Module, data, num_batches: int, imp,
+                          per_sample: bool) -> None:
+    model.zero_grad(set_to_none=True)
+    if per_sample:
+        imp.zero_grad()
+    used = 0
+    for batch in data:
+        if used >= num_batches:
+            break
+        if 'inputs' in batch and isinstance(batch['inputs'], list):  # raw dataloader batch
+            batch = model.data_preprocessor(batch, True)
+        if per_sample:
+            model.zero_grad(set_to_none=True)
+        _loss(model, batch).backward()
+        if per_sample:
+            imp.accumulate_grad(model)
+        used += 1
+    if used == 0:
+        raise ValueError(f'importance {type(imp).__name__} needs data, but the given '
+                         'data (dataloader) yielded no batch')

@@ -1,0 +1,102 @@
+"""End to end through the command line: tools/prune.py, then the host's packaged tools/test.py."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, tiny
+
+CLASSES = ('cell', 'blob', 'dot')
+
+
+def _run(args, cwd, timeout=900):
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
+                         timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+    return out.stdout + out.stderr
+
+
+def _coco(root, n=4, w=128, h=96):
+    rng = np.random.default_rng(0)
+    os.makedirs(os.path.join(root, 'images'))
+    images, anns = [], []
+    for i in range(n):
+        img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+        for j in range(3):
+            x, y = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 30))
+            img[y:y + 30, x:x + 40] = 200 + 20 * j
+            anns.append(dict(id=len(anns) + 1, image_id=i, category_id=j + 1,
+                             bbox=[x, y, 40, 30], area=1200, iscrowd=0))
+        Image.fromarray(img).save(os.path.join(root, 'images', f'{i}.png'))
+        images.append(dict(id=i, file_name=f'{i}.png', width=w, height=h))
+    cats = [dict(id=k + 1, name=c) for k, c in enumerate(CLASSES)]
+    json.dump(dict(images=images, annotations=anns, categories=cats),
+              open(os.path.join(root, 'ann.json'), 'w'))
+
+
+def _seg(root, n=3, w=128, h=96):
+    rng = np.random.default_rng(0)
+    for sub in ('img', 'ann'):
+        os.makedirs(os.path.join(root, sub))
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+            os.path.join(root, 'img', f'{i}.png'))
+        Image.fromarray(rng.integers(0, 11, (h, w), dtype=np.uint8)).save(
+            os.path.join(root, 'ann', f'{i}.png'))
+
+
+def _host_test_script(codebase):
+    import importlib
+    pkg = importlib.import_module(codebase)
+    return os.path.join(os.path.dirname(pkg.__file__), '.mim', 'tools', 'test.py')
+
+
+@pytest.mark.parametrize('codebase', ['mmdet', 'mmseg'])
+def test_prune_cli_then_host_test_py(tmp_path, codebase):
+    data = tmp_path / 'data'
+    if codebase == 'mmdet':
+        _coco(str(data))
+        base, metric = tiny('retinanet_r18_tiny'), r'coco/bbox_mAP: (-?[\d.]+)'
+        dataset = f"""
+test_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(128, 96), keep_ratio=True),
+                 dict(type='LoadAnnotations', with_bbox=True),
+                 dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))]
+test_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False, dataset=dict(
+    type='CocoDataset', data_root='{data}/', ann_file='ann.json', data_prefix=dict(img='images/'),
+    metainfo=dict(classes={CLASSES!r}), test_mode=True, pipeline=test_pipeline))
+test_evaluator = dict(type='CocoMetric', ann_file='{data}/ann.json', metric='bbox')
+"""
+    else:
+        _seg(str(data))
+        base, metric = tiny('pspnet_r18_tiny'), r'mIoU: (-?[\d.]+)'
+        dataset = f"""
+test_pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
+test_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False, dataset=dict(
+    type='CityscapesDataset', data_root='{data}/', data_prefix=dict(img_path='img', seg_map_path='ann'),
+    img_suffix='.png', seg_map_suffix='.png', pipeline=test_pipeline))
+test_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+"""
+    dense_cfg = tmp_path / 'dense.py'
+    dense_cfg.write_text(f"_base_ = '{base}'\n{dataset}")
+    out_dir = tmp_path / 'pruned'
+    log = _run([os.path.join(ROOT, 'tools', 'prune.py'), str(dense_cfg), '--ratio', '0.5',
+                '--input-shape', '96', '128', '--out-dir', str(out_dir), '--name', 'm'],
+               cwd=str(tmp_path))
+    assert re.search(r'params\s+[\d.]+M\s+[\d.]+M', log), log
+    summary = json.load(open(out_dir / 'm_prune_summary.json'))
+    assert summary['params_pruned'] < 0.6 * summary['params_dense']
+    ckpt = torch.load(out_dir / 'm_pruned.pth', weights_only=True)
+    assert not any(k.startswith('model.') for k in ckpt['state_dict'])
+    # the host's own packaged tools/test.py evaluates the pruned files as they are
+    log = _run([_host_test_script(codebase), str(out_dir / 'm_pruned.py'),
+                str(out_dir / 'm_pruned.pth'), '--work-dir', str(tmp_path / 'work')],
+               cwd=str(tmp_path))
+    value = re.findall(metric, log)
+    assert value, log[-3000:]
+    assert float(value[-1]) >= 0

@@ -1,0 +1,180 @@
+"""prune() on small host models: identity, shrinking, modes, targets, bad input."""
+import copy
+
+import pytest
+import torch
+import torch_pruning as tp
+
+import mmprune
+from mmprune.graph import make_batch
+from mmprune.structure import snapshot
+
+from conftest import state_equal, tensor_outputs, tiny
+
+SHAPE = (96, 128)
+
+
+def build(name):
+    model, cfg = mmprune.build_model(tiny(name))
+    return model, cfg
+
+
+@pytest.fixture(scope='module')
+def retina():
+    return build('retinanet_r18_tiny')
+
+
+def fresh(pair):
+    model, cfg = pair
+    return copy.deepcopy(model), cfg
+
+
+def test_ratio_zero_is_identity(retina):
+    model, cfg = fresh(retina)
+    batch = make_batch(model, cfg, SHAPE)
+    before = tensor_outputs(model, batch)
+    sd = copy.deepcopy(model.state_dict())
+    result = mmprune.prune(model, pruning_ratio=0.0, cfg=cfg, input_shape=SHAPE)
+    assert result.structure['layers'] == {} and result.structure['shapes'] == {}
+    assert state_equal(sd, model.state_dict())
+    after = tensor_outputs(model, batch)
+    assert len(before) == len(after)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize('name', ['retinanet_r18_tiny', 'faster_rcnn_r18_tiny',
+                                  'mask_rcnn_r18_tiny', 'pspnet_r18_tiny'])
+def test_half_ratio_shrinks_and_keeps_outputs(name):
+    model, cfg = build(name)
+    batch = make_batch(model, cfg, SHAPE)
+    dense_out = tensor_outputs(model, batch)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    model.train()
+    modes = {n: m.training for n, m in model.named_modules()}
+    result = mmprune.prune(model, pruning_ratio=0.5, cfg=cfg, input_shape=SHAPE)
+    assert result.params[1] < 0.6 * result.params[0]
+    assert result.flops[1] < 0.6 * result.flops[0]
+    assert result.output_layers, 'output layers must be found from the graph'
+    # train/eval state and frozen layers are as before
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == frozen
+    # the backbone lost channels
+    assert any(k.startswith('backbone.') for k in result.structure['layers'])
+    pruned_out = tensor_outputs(model, batch)
+    assert [o.shape for o in pruned_out] == [o.shape for o in dense_out]
+    # loss + backward
+    model.train()
+    train_batch = make_batch(model, cfg, SHAPE, training=True, seed=3)
+    losses = model(train_batch['inputs'], train_batch['data_samples'], mode='loss')
+    loss, _ = model.parse_losses(losses)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # predict
+    model.eval()
+    with torch.no_grad():
+        preds = model(batch['inputs'], batch['data_samples'], mode='predict')
+    assert len(preds) == 1
+    if 'pred_instances' in preds[0]:
+        labels = preds[0].pred_instances.labels
+        assert labels.numel() == 0 or int(labels.max()) < 3
+    else:
+        seg = preds[0].pred_sem_seg.data
+        assert seg.shape[-2:] == SHAPE and int(seg.max()) < 11
+
+
+def test_output_layers_are_found_from_the_graph(retina):
+    model, cfg = fresh(retina)
+    result = mmprune.prune(model, pruning_ratio=0.3, cfg=cfg, input_shape=SHAPE)
+    assert set(result.output_layers) == {'bbox_head.retina_cls', 'bbox_head.retina_reg'}
+    assert model.bbox_head.retina_cls.out_channels == 9 * 3
+
+
+def test_target_flops_is_met(retina):
+    model, cfg = fresh(retina)
+    result = mmprune.prune(model, target_flops=0.5, cfg=cfg, input_shape=SHAPE)
+    assert abs(result.flops_ratio - 0.5) <= 0.02 * 0.5, result.flops_ratio
+
+
+def test_unreachable_target_flops_is_an_error_and_leaves_the_model(retina):
+    model, cfg = fresh(retina)
+    sd = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match='unreachable'):
+        mmprune.prune(model, target_flops=0.05, max_pruning_ratio=0.2, cfg=cfg,
+                      input_shape=SHAPE)
+    assert state_equal(sd, model.state_dict())
+
+
+def test_per_layer_ratios_and_ignored_layers(retina):
+    model, cfg = fresh(retina)
+    result = mmprune.prune(model, pruning_ratio=0.5, cfg=cfg, input_shape=SHAPE,
+                           pruning_ratio_dict={'backbone.layer4*': 0.0},
+                           ignored_layers=['neck.*'])
+    layers = result.structure['layers']
+    for conv in ('backbone.layer4.0.conv1', 'backbone.layer4.1.conv1'):
+        assert 'out_channels' not in layers.get(conv, {}), layers[conv]
+    assert not any(k.startswith('neck.') and 'out_channels' in v for k, v in layers.items())
+    assert any(k.startswith('backbone.layer1') for k in layers)
+
+
+@pytest.mark.parametrize('importance', ['l1', 'group_l2', 'bn_scale', 'lamp', 'fpgm',
+                                        'random', 'taylor', 'group_hessian'])
+def test_every_criterion_prunes(retina, importance):
+    model, cfg = fresh(retina)
+    result = mmprune.prune(model, pruning_ratio=0.3, importance=importance, cfg=cfg,
+                           input_shape=SHAPE, num_batches=1)
+    assert result.params[1] < result.params[0]
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_iterative_and_global(retina):
+    model, cfg = fresh(retina)
+    result = mmprune.prune(model, pruning_ratio=0.4, global_pruning=True,
+                           iterative_steps=2, round_to=4, cfg=cfg, input_shape=SHAPE)
+    assert result.params[1] < result.params[0]
+    for name, attrs in result.structure['layers'].items():
+        if 'out_channels' in attrs and name.startswith('backbone.layer'):
+            assert attrs['out_channels'] % 4 == 0, (name, attrs)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(pruning_ratio=1.0), 'pruning_ratio'),
+    (dict(pruning_ratio=-0.1), 'pruning_ratio'),
+    (dict(pruning_ratio='half'), 'pruning_ratio'),
+    (dict(importance='nope'), "Unknown importance 'nope'"),
+    (dict(importance=dict(type='l2', bogus=1)), 'Bad arguments'),
+    (dict(ignored_layers=['backbone.nope']), "'backbone.nope' matches no layer"),
+    (dict(pruning_ratio_dict={'nope.*': 0.2}), "'nope.\\*' matches no layer"),
+    (dict(pruning_ratio_dict={'neck.*': 1.5}), 'pruning_ratio_dict'),
+    (dict(target_flops=0.0), 'target_flops'),
+    (dict(iterative_steps=0), 'iterative_steps'),
+    (dict(round_to=0), 'round_to'),
+])
+def test_bad_input_is_one_clear_error_and_model_unchanged(retina, kwargs, match):
+    model, cfg = fresh(retina)
+    sd = copy.deepcopy(model.state_dict())
+    shape = snapshot(model)
+    with pytest.raises((ValueError, KeyError)) as info:
+        mmprune.prune(model, cfg=cfg, input_shape=SHAPE, **kwargs)
+    assert info.match(match)
+    assert state_equal(sd, model.state_dict())
+    assert snapshot(model) == shape
+
+
+def test_failure_midway_restores_the_model(retina, monkeypatch):
+    model, cfg = fresh(retina)
+    sd = copy.deepcopy(model.state_dict())
+    shape = snapshot(model)
+    original = tp.pruner.MetaPruner.step
+
+    def step_then_fail(self, interactive=False):
+        for i, group in enumerate(original(self, interactive=True)):
+            group.prune()
+            if i == 3:
+                raise RuntimeError('simulated failure after 4 groups')
+
+    monkeypatch.setattr(tp.pruner.MetaPruner, 'step', step_then_fail)
+    with pytest.raises(RuntimeError, match='simulated'):
+        mmprune.prune(model, pruning_ratio=0.5, cfg=cfg, input_shape=SHAPE)
+    assert snapshot(model) == shape
+    assert state_equal(sd, model.state_dict())

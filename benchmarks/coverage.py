@@ -99,6 +99,8 @@ def run_one(config: str, ratio: float, shape) -> dict:
     try:
         model, cfg = mmprune.build_model(config)
         stage = 'dense'
+        if getattr(model.data_preprocessor, 'size', None):
+            model.data_preprocessor.size = shape  # mmseg pads training crops to this size
         batch = make_batch(model, cfg, shape)
         train_batch = make_batch(model, cfg, shape, batch_size=2, training=True, seed=1)
         model.eval()

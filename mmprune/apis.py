@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import pprint
 from typing import Any, Dict, Optional, Tuple, Union
@@ -9,6 +10,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from mmengine.config import Config
+from mmengine.logging import MMLogger
 from mmengine.registry import DATASETS, MODELS, init_default_scope
 
 from .checkpoint import atomic_write, load_checkpoint_file
@@ -65,11 +67,22 @@ def build_model(cfg: Union[str, Config, dict], checkpoint: Optional[str] = None,
     model = MODELS.build(model_cfg)
     if checkpoint is None:
         if not is_pruned_config(cfg):
-            model.init_weights()
+            _quiet_init_weights(model)
     else:
         load_weights(model, checkpoint, cfg)
     model.cfg = cfg
     return model, cfg
+
+
+def _quiet_init_weights(model: nn.Module) -> None:
+    """``init_weights`` without mmengine's per-parameter INFO report."""
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
 
 
 def load_weights(model: nn.Module, checkpoint: str, cfg: Optional[Config] = None) -> Dict:
@@ -115,8 +128,10 @@ def dataset_meta(cfg: Config, model: Optional[nn.Module] = None) -> Optional[dic
             ds = ds['dataset']  # dataset wrappers (RepeatDataset, ...)
         if not isinstance(ds, dict) or 'type' not in ds:
             continue
-        init_default_scope(cfg.get('default_scope', 'mmdet'))
-        cls = DATASETS.get(ds['type'])
+        ds_type = ds['type']
+        if isinstance(ds_type, str) and '.' not in ds_type:
+            ds_type = f"{cfg.get('default_scope', 'mmdet')}.{ds_type}"
+        cls = DATASETS.get(ds_type) if isinstance(ds_type, str) else ds_type
         meta = dict(getattr(cls, 'METAINFO', {}) or {})
         meta.update(ds.get('metainfo') or {})
         if meta:

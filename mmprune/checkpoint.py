@@ -57,7 +57,8 @@ def atomic_write(path: str, write: Callable[[str], None], overwrite: bool = Fals
         raise FileExistsError(f'{path} exists; pass overwrite=True (--overwrite) to replace it')
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path), suffix='.tmp')
+    # the temporary name keeps the extension: writers such as Config.dump go by it
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='-' + os.path.basename(path))
     os.close(fd)
     try:
         write(tmp)

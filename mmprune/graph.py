@@ -17,6 +17,7 @@ graph back from the outputs and are never pruned.
 from __future__ import annotations
 
 import contextlib
+import types
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -79,8 +80,8 @@ def _config_input_shape(cfg) -> Optional[Tuple[int, int]]:
     return None
 
 
-def _fake_sample(task: str, h: int, w: int, num_classes: int, rng: np.random.Generator,
-                 with_masks: bool) -> Dict[str, Any]:
+def _fake_sample(task: str, h: int, w: int, num_classes: int,
+                 rng: np.random.Generator) -> Dict[str, Any]:
     img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
     results: Dict[str, Any] = dict(
         img=img, img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
@@ -109,9 +110,8 @@ def _fake_sample(task: str, h: int, w: int, num_classes: int, rng: np.random.Gen
         seg[b:d, a:c] = labels[i]
     results.update(
         gt_bboxes=HorizontalBoxes(boxes), gt_bboxes_labels=labels,
-        gt_ignore_flags=np.zeros(n, dtype=bool), gt_seg_map=seg)
-    if with_masks:
-        results['gt_masks'] = BitmapMasks(masks, h, w)
+        gt_ignore_flags=np.zeros(n, dtype=bool), gt_seg_map=seg,
+        gt_masks=BitmapMasks(masks, h, w))
     return results
 
 
@@ -139,8 +139,7 @@ def make_batch(model: nn.Module, cfg=None, input_shape: Optional[Sequence[int]] 
     else:
         from mmseg.datasets.transforms import PackSegInputs
         pack = PackSegInputs()
-    with_masks = any('mask' in name for name, _ in model.named_children())
-    packed = [pack(_fake_sample(task, h, w, num_classes, rng, with_masks))
+    packed = [pack(_fake_sample(task, h, w, num_classes, rng))
               for _ in range(batch_size)]
     data = dict(inputs=[p['inputs'] for p in packed],
                 data_samples=[p['data_samples'] for p in packed])
@@ -153,13 +152,20 @@ def tracing_state(model: nn.Module) -> Iterator[None]:
     """Eval mode, grads enabled and every parameter trainable; all restored after."""
     modes = {m: m.training for m in model.modules()}
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    # mmdet/mmseg backbones re-freeze their frozen stages in train()/eval(); torch-pruning
+    # calls model.eval() while tracing, so plain nn.Module.train stands in meanwhile
+    overridden = [m for m in model.modules() if type(m).train is not nn.Module.train]
     try:
+        for m in overridden:
+            m.train = types.MethodType(nn.Module.train, m)
+        model.eval()
         for p in model.parameters():
             p.requires_grad_(True)
-        model.eval()
         with torch.enable_grad():
             yield
     finally:
+        for m in overridden:
+            m.__dict__.pop('train', None)
         for m, mode in modes.items():
             m.training = mode
         # pruning replaces parameters with new objects, so match them by name
@@ -252,8 +258,8 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any]) -> List[torch.Tensor
 
 
 def _registered_types() -> tuple:
-    types = tuple(tp.ops.type2class(t) for t in tp.pruner.function.PrunerBox)
-    return tuple(t for t in types if isinstance(t, type)) + tuple(CUSTOMIZED_PRUNERS)
+    classes = tuple(tp.ops.type2class(t) for t in tp.pruner.function.PrunerBox)
+    return tuple(c for c in classes if isinstance(c, type)) + tuple(CUSTOMIZED_PRUNERS)
 
 
 def _pruner_of(module: nn.Module):
@@ -275,6 +281,66 @@ def _preserves_channels(module: nn.Module) -> bool:
     return fn_out is fn_in
 
 
+#: int attributes that hold a channel count
+CHANNEL_ATTRS = ('in_channels', 'out_channels', 'channels', 'feat_channels', 'embed_dims',
+                 'num_channels')
+
+
+def _first_tensor(obj) -> Optional[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        for v in obj:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+@contextlib.contextmanager
+def follow_input_channels(model: nn.Module) -> Iterator[Dict[str, List[str]]]:
+    """Keep channel constants of weight-free modules equal to their input channels.
+
+    Some modules without prunable layers keep a channel count as a plain
+    attribute and use it in forward (mmdet's RoI extractors allocate
+    ``out_channels`` feature maps). The first forward records which such
+    attributes equal the channels of the module's first input tensor; every
+    later forward (after pruning) sets them to the new input channels, so
+    the pruned structure records them too.
+    """
+    layer_types = _registered_types()
+    links: Dict[str, List[str]] = {}
+    recorded: set = set()
+    handles = []
+
+    def hook_for(name: str):
+        def hook(module, args):
+            x = _first_tensor(args)
+            if x is None or x.dim() < 2:
+                return
+            if name not in recorded:
+                recorded.add(name)
+                attrs = [a for a in CHANNEL_ATTRS if getattr(module, a, None) == x.shape[1]]
+                if attrs:
+                    links[name] = attrs
+            for attr in links.get(name, ()):
+                setattr(module, attr, int(x.shape[1]))
+        return hook
+
+    for name, m in model.named_modules():
+        if not any(isinstance(getattr(m, a, None), int) and not isinstance(getattr(m, a), bool)
+                   for a in CHANNEL_ATTRS):
+            continue
+        if any(isinstance(d, layer_types) for d in m.modules()):
+            continue
+        handles.append(m.register_forward_pre_hook(hook_for(name)))
+    try:
+        yield links
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def find_output_layers(model: nn.Module, batch: Dict[str, Any],
                        forward: Callable = tensor_forward) -> Tuple[List[str], List[torch.Tensor]]:
     """Names of the layers whose output channels are model outputs.
@@ -285,7 +351,7 @@ def find_output_layers(model: nn.Module, batch: Dict[str, Any],
     channel-mixing layer (conv, linear, embedding), which is recorded.
     """
     grad_fn_to_module: Dict[Any, nn.Module] = {}
-    types = _registered_types()
+    layer_types = _registered_types()
 
     def record(module, inputs, outputs):
         if isinstance(outputs, tuple):
@@ -293,7 +359,7 @@ def find_output_layers(model: nn.Module, batch: Dict[str, Any],
         if isinstance(outputs, torch.Tensor) and outputs.grad_fn is not None:
             grad_fn_to_module[outputs.grad_fn] = module
 
-    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, types)]
+    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, layer_types)]
     try:
         outputs = forward(model, batch)
     finally:

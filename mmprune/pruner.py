@@ -21,7 +21,8 @@ import torch_pruning as tp
 from mmengine.logging import print_log
 
 from .custom_layers import customized_pruners_for
-from .graph import find_output_layers, make_batch, tensor_forward, tracing_state
+from .graph import (find_output_layers, follow_input_channels, make_batch, tensor_forward,
+                    tracing_state)
 from .importance import (GRADIENT_IMPORTANCES, PER_SAMPLE_IMPORTANCES, build_importance,
                          importance_name)
 from .structure import apply_structure, diff, snapshot, structure_between
@@ -217,25 +218,28 @@ def prune(model: Union[nn.Module, str, Any],
     before = snapshot(model)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
-        with tracing_state(model):
+        with tracing_state(model), follow_input_channels(model):
             output_layers, _ = find_output_layers(model, batch)
             named = dict(model.named_modules())
             keep = list(ignored.values()) + [named[n] for n in output_layers]
             flops0, params0 = count_flops_params(model, batch)
 
-            def run(ratio: float) -> int:
-                _prune_steps(model, batch, importance, ratio, keep, ratio_dict, data,
-                             num_batches, global_pruning=global_pruning,
+            def run(ratio: float, refine: bool = False) -> int:
+                _prune_steps(model, batch, importance, ratio, keep,
+                             None if refine else ratio_dict, data, num_batches,
+                             global_pruning=global_pruning or refine,
                              max_pruning_ratio=max_pruning_ratio, round_to=round_to,
-                             iterative_steps=iterative_steps)
+                             iterative_steps=1 if refine else iterative_steps)
+                with torch.no_grad():  # lets follow_input_channels see the new channels
+                    tensor_forward(model, batch)
                 return count_flops_params(model, batch)[0]
 
             if target_flops is None:
                 flops1 = run(pruning_ratio) if pruning_ratio > 0 or ratio_dict else flops0
             else:
-                options['pruning_ratio'] = _search_ratio(
-                    run, lambda: _restore(model, before, state), flops0, float(target_flops),
-                    max_pruning_ratio)
+                options.update(_search_flops(
+                    run, lambda: _restore(model, before, state), model, flops0,
+                    float(target_flops), max_pruning_ratio))
                 flops1 = count_flops_params(model, batch)[0]
             for p in model.parameters():
                 p.grad = None
@@ -251,46 +255,70 @@ def prune(model: Union[nn.Module, str, Any],
     return result
 
 
-def _search_ratio(run: Callable[[float], int], restore: Callable[[], None], dense: int,
-                  target: float, max_ratio: float) -> float:
-    """Find the channel ratio whose FLOPs are ``target`` of ``dense``.
+def _bracket(run: Callable[[float], int], restore: Callable[[], None], dense: int,
+             target: float, cap: float, guess: float):
+    """Search the ratio whose FLOPs are ``target`` of ``dense``.
 
     FLOPs fall roughly as ``(1 - ratio) ** k``; each trial re-fits ``k`` and
-    the estimate is kept inside the bracket of the trials so far.
+    the estimate is kept inside the bracket of the trials so far. Returns
+    ``(ratio, frac, met)``: when met, the model is left pruned at ``ratio``;
+    otherwise it is restored and ``ratio`` is the largest one tried whose
+    FLOPs fraction ``frac`` is still above the target.
     """
-    lo, hi = 0.0, min(max_ratio, 0.99)
-    cap = hi
-    ratio = min(1 - math.sqrt(target), cap)
-    best: Optional[Tuple[float, float]] = None
-    for _ in range(12):
+    lo, f_lo, hi = 0.0, 1.0, cap
+    ratio = min(max(guess, 1e-3), cap)
+    for _ in range(10):
         frac = run(ratio) / dense
-        if best is None or abs(frac - target) < abs(best[1] - target):
-            best = (ratio, frac)
         if abs(frac - target) <= FLOPS_TOLERANCE * target:
-            return ratio
+            return ratio, frac, True
         restore()
         if frac > target:
+            lo, f_lo = ratio, frac
             if ratio >= cap:
-                raise ValueError(
-                    f'target_flops={target} is unreachable: at the largest allowed ratio '
-                    f'{ratio:.3f} (max_pruning_ratio={max_ratio}) FLOPs are still '
-                    f'{frac:.1%} of dense')
-            lo = ratio
+                break
         else:
             hi = ratio
+        if hi - lo < 5e-3:  # FLOPs move in steps here; leave the rest to refinement
+            break
         estimate = (lo + hi) / 2
         if 0 < frac < 1 and 0 < ratio < 1:
             k = math.log(frac) / math.log(1 - ratio)
             estimate = 1 - target ** (1 / k) if k > 0 else estimate
-        if not lo < estimate <= hi:
+        if not lo < estimate < hi:
             estimate = (lo + hi) / 2 if hi < cap or frac <= target else cap
         ratio = min(estimate, cap)
-    ratio, frac = best
-    run(ratio)
-    print_log(f'[mmprune] target_flops={target} not met within {FLOPS_TOLERANCE:.0%}; '
-              f'closest: {frac:.1%} of dense at pruning_ratio={ratio:.3f}',
-              logger='current', level=logging.WARNING)
-    return ratio
+    return lo, f_lo, False
+
+
+def _search_flops(run: Callable[..., int], restore: Callable[[], None], model: nn.Module,
+                  dense: int, target: float, max_ratio: float) -> Dict[str, float]:
+    """Prune ``model`` to ``target`` of the dense FLOPs, within :data:`FLOPS_TOLERANCE`.
+
+    A uniform ratio moves FLOPs in steps when layers are narrow, so when no
+    ratio lands within the tolerance, the model is pruned at the largest ratio
+    above the target and the rest is removed by a small global-ranking step.
+    """
+    cap = min(max_ratio, 0.99)
+    ratio, frac, met = _bracket(run, restore, dense, target, cap, 1 - math.sqrt(target))
+    if met:
+        return dict(pruning_ratio=ratio)
+    if ratio >= cap:
+        raise ValueError(
+            f'target_flops={target} is unreachable: at the largest allowed ratio {cap:.3f} '
+            f'(max_pruning_ratio={max_ratio}) FLOPs are still {frac:.1%} of dense')
+    if ratio > 0:
+        run(ratio)
+    before = snapshot(model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    extra, frac2, met = _bracket(lambda r: run(r, refine=True),
+                                 lambda: _restore(model, before, state), dense, target,
+                                 cap, (frac - target) / frac / 2)
+    if not met:
+        if extra > 0:
+            run(extra, refine=True)
+        print_log(f'[mmprune] target_flops={target} not met within {FLOPS_TOLERANCE:.0%}: '
+                  f'{frac2:.1%} of dense', logger='current', level=logging.WARNING)
+    return dict(pruning_ratio=ratio, global_refine_ratio=extra)
 
 
 def _prune_steps(model: nn.Module, batch: Dict[str, Any], importance, ratio: float,

@@ -94,9 +94,11 @@ test_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
     ckpt = torch.load(out_dir / 'm_pruned.pth', weights_only=True)
     assert not any(k.startswith('model.') for k in ckpt['state_dict'])
     # the host's own packaged tools/test.py evaluates the pruned files as they are
+    extra = ['--cfg-options', 'model.test_cfg.score_thr=0.0'] if codebase == 'mmdet' else []
     log = _run([_host_test_script(codebase), str(out_dir / 'm_pruned.py'),
-                str(out_dir / 'm_pruned.pth'), '--work-dir', str(tmp_path / 'work')],
+                str(out_dir / 'm_pruned.pth'), '--work-dir', str(tmp_path / 'work'), *extra],
                cwd=str(tmp_path))
+    assert 'Load checkpoint from' in log
     value = re.findall(metric, log)
     assert value, log[-3000:]
     assert float(value[-1]) >= 0

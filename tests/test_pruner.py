@@ -64,7 +64,7 @@ def test_half_ratio_shrinks_and_keeps_outputs(name):
     assert [o.shape for o in pruned_out] == [o.shape for o in dense_out]
     # loss + backward
     model.train()
-    train_batch = make_batch(model, cfg, SHAPE, training=True, seed=3)
+    train_batch = make_batch(model, cfg, SHAPE, batch_size=2, training=True, seed=3)
     losses = model(train_batch['inputs'], train_batch['data_samples'], mode='loss')
     loss, _ = model.parse_losses(losses)
     assert torch.isfinite(loss)

@@ -51,6 +51,10 @@ SKIPPED = {
     },
 }
 
+#: the family's own idea where the plainest name would pick something else
+PREFERRED = {'dcn': 'faster-rcnn_r50-dconv-c3-c5_fpn_1x_coco.py',
+             'dcnv2': 'faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py'}
+
 STAGES = ('build', 'dense', 'prune', 'tensor', 'loss', 'predict', 'reload')
 
 
@@ -65,9 +69,11 @@ def representative(folder: str) -> str | None:
     files = [f for f in os.listdir(folder) if f.endswith('.py')]
     if not files:
         return None
+    if PREFERRED.get(os.path.basename(folder)) in files:
+        return PREFERRED[os.path.basename(folder)]
 
     def score(f: str):
-        return (('r50' not in f and 'r18' not in f), 'caffe' in f, 'ms-' in f or 'ms_' in f,
+        return ('r50' not in f, 'caffe' in f, 'ms-' in f or 'ms_' in f,
                 'tta' in f, not ('coco' in f or 'cityscapes' in f or 'ade20k' in f),
                 len(f), f)
     return sorted(files, key=score)[0]

@@ -25,7 +25,10 @@ def load_config(cfg: Union[str, Config, dict]) -> Config:
     if isinstance(cfg, dict):
         return Config(copy.deepcopy(cfg))
     if isinstance(cfg, str):
-        if '::' not in cfg and not os.path.isfile(cfg):
+        if '::' in cfg:  # a config of an installed package's zoo, e.g. 'mmdet::retinanet/x.py'
+            from mmengine.hub import get_config
+            return get_config(cfg)
+        if not os.path.isfile(cfg):
             raise FileNotFoundError(f'config not found: {cfg}')
         return Config.fromfile(cfg)
     raise TypeError(f'cfg must be a path, dict or Config, but got {type(cfg).__name__}')

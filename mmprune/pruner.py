@@ -9,7 +9,9 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
+import itertools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -97,6 +99,27 @@ def match_modules(model: nn.Module, patterns: Union[str, Sequence[str]],
         for n in hits:
             found[n] = named[n]
     return found
+
+
+def _check_prunable(ratio_matches: Dict[str, Dict[str, nn.Module]],
+                    keep: List[nn.Module]) -> None:
+    """A per-layer ratio must name at least one layer whose channels can be pruned."""
+    kept = {id(m) for k in keep for m in k.modules()}
+    for pattern, found in ratio_matches.items():
+        layers = {n: m for n, m in found.items() if isinstance(m, _PRUNABLE_ROOTS)}
+        for name, m in found.items():
+            layers.update({f'{name}.{n}': s for n, s in m.named_modules()
+                           if n and isinstance(s, _PRUNABLE_ROOTS)})
+        if not layers:
+            raise ValueError(f'pruning_ratio_dict key {pattern!r} names no prunable layer '
+                             f'(no conv or linear layer in {sorted(found)[:3]})')
+        if all(id(m) in kept for m in layers.values()):
+            raise ValueError(f'pruning_ratio_dict key {pattern!r} names only layers that are '
+                             f'kept: {sorted(layers)[:3]} define the model outputs or are in '
+                             f'ignored_layers')
+
+
+_PRUNABLE_ROOTS = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 def _top_level(found: Dict[str, nn.Module]) -> Tuple[nn.Module, ...]:
@@ -202,11 +225,13 @@ def prune(model: Union[nn.Module, str, Any],
 
     ignored = match_modules(model, list(ignored_layers), 'ignored_layers entry') \
         if ignored_layers else {}
-    ratio_dict = {_top_level(match_modules(model, pattern, 'pruning_ratio_dict key')): ratio
-                  for pattern, ratio in ratio_patterns.items()}
+    ratio_matches = {pattern: match_modules(model, pattern, 'pruning_ratio_dict key')
+                     for pattern in ratio_patterns}
+    ratio_dict = {_top_level(ratio_matches[p]): r for p, r in ratio_patterns.items()}
     batch = make_batch(model, cfg, input_shape, seed=seed)
     if name in GRADIENT_IMPORTANCES and data is None:
-        data = [make_batch(model, cfg, input_shape, seed=seed + 1 + i) for i in range(num_batches)]
+        data = _train_batches(cfg, num_batches) or [
+            make_batch(model, cfg, input_shape, seed=seed + 1 + i) for i in range(num_batches)]
 
     options = dict(pruning_ratio=pruning_ratio, importance=importance,
                    global_pruning=global_pruning,
@@ -222,6 +247,7 @@ def prune(model: Union[nn.Module, str, Any],
             output_layers, _ = find_output_layers(model, batch)
             named = dict(model.named_modules())
             keep = list(ignored.values()) + [named[n] for n in output_layers]
+            _check_prunable(ratio_matches, keep)
             flops0, params0 = count_flops_params(model, batch)
 
             def run(ratio: float, refine: bool = False) -> int:
@@ -334,7 +360,50 @@ def _prune_steps(model: nn.Module, batch: Dict[str, Any], importance, ratio: flo
     for _ in range(options['iterative_steps']):
         if name in GRADIENT_IMPORTANCES:
             _accumulate_gradients(model, data, num_batches, imp, name in PER_SAMPLE_IMPORTANCES)
-        pruner.step()
+        for group in pruner.step(interactive=True):
+            try:
+                group.prune()
+            except Exception as e:
+                root = group[0][0].target._name
+                raise RuntimeError(
+                    f'torch-pruning could not prune the channels of layer {root!r} and the '
+                    f'layers coupled with it ({type(e).__name__}: {e}); the model is restored. '
+                    f'Add {root!r} to ignored_layers to prune the rest.') from e
+
+
+def _train_batches(cfg, num_batches: int) -> Optional[List[Dict[str, Any]]]:
+    """A few batches of the config's train dataloader, or None when it has none.
+
+    A dataloader whose data is not on disk (a zoo config without its dataset)
+    falls back to synthetic batches; one that is built but yields nothing is
+    an error.
+    """
+    loader_cfg = cfg.get('train_dataloader') if cfg is not None else None
+    if not loader_cfg:
+        return None
+    from mmengine.registry import DATASETS, init_default_scope
+    from mmengine.runner import Runner
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    loader_cfg = copy.deepcopy(loader_cfg)
+    loader_cfg.update(num_workers=0, persistent_workers=False)
+    try:
+        dataset = DATASETS.build(loader_cfg['dataset'])
+    except (FileNotFoundError, OSError) as e:
+        print_log(f'[mmprune] train_dataloader unavailable ({e}); gradient importance uses '
+                  f'synthetic batches', logger='current', level=logging.WARNING)
+        return None
+    except Exception as e:  # an empty annotation file fails inside the host's dataset
+        raise ValueError(f'the gradient importance needs data, but the config\'s '
+                         f'train_dataloader dataset could not be built ({type(e).__name__}: '
+                         f'{e}); is it empty?') from e
+    batches = []
+    if len(dataset) > 0:
+        loader_cfg['dataset'] = dataset
+        batches = list(itertools.islice(iter(Runner.build_dataloader(loader_cfg)), num_batches))
+    if not batches:
+        raise ValueError('the gradient importance needs data, but the config\'s '
+                         'train_dataloader yielded no batch (is its dataset empty?)')
+    return batches
 
 
 def _accumulate_gradients(model: nn.Module, data, num_batches: int, imp,

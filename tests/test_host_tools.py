@@ -10,34 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, tiny
-
-CLASSES = ('cell', 'blob', 'dot')
-
+from conftest import ROOT, CLASSES, make_coco, tiny
 
 def _run(args, cwd, timeout=900):
     out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
                          timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT))
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
     return out.stdout + out.stderr
-
-
-def _coco(root, n=4, w=128, h=96):
-    rng = np.random.default_rng(0)
-    os.makedirs(os.path.join(root, 'images'))
-    images, anns = [], []
-    for i in range(n):
-        img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
-        for j in range(3):
-            x, y = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 30))
-            img[y:y + 30, x:x + 40] = 200 + 20 * j
-            anns.append(dict(id=len(anns) + 1, image_id=i, category_id=j + 1,
-                             bbox=[x, y, 40, 30], area=1200, iscrowd=0))
-        Image.fromarray(img).save(os.path.join(root, 'images', f'{i}.png'))
-        images.append(dict(id=i, file_name=f'{i}.png', width=w, height=h))
-    cats = [dict(id=k + 1, name=c) for k, c in enumerate(CLASSES)]
-    json.dump(dict(images=images, annotations=anns, categories=cats),
-              open(os.path.join(root, 'ann.json'), 'w'))
 
 
 def _seg(root, n=3, w=128, h=96):
@@ -61,7 +40,7 @@ def _host_test_script(codebase):
 def test_prune_cli_then_host_test_py(tmp_path, codebase):
     data = tmp_path / 'data'
     if codebase == 'mmdet':
-        _coco(str(data))
+        make_coco(str(data))
         base, metric = tiny('retinanet_r18_tiny'), r'coco/bbox_mAP: (-?[\d.]+)'
         dataset = f"""
 test_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(128, 96), keep_ratio=True),

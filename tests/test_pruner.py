@@ -146,6 +146,8 @@ def test_iterative_and_global(retina):
     (dict(ignored_layers=['backbone.nope']), "'backbone.nope' matches no layer"),
     (dict(pruning_ratio_dict={'nope.*': 0.2}), "'nope.\\*' matches no layer"),
     (dict(pruning_ratio_dict={'neck.*': 1.5}), 'pruning_ratio_dict'),
+    (dict(pruning_ratio_dict={'bbox_head.retina_cls': 0.5}), 'names only layers that are kept'),
+    (dict(pruning_ratio_dict={'backbone.relu': 0.5}), 'names no prunable layer'),
     (dict(target_flops=0.0), 'target_flops'),
     (dict(iterative_steps=0), 'iterative_steps'),
     (dict(round_to=0), 'round_to'),
@@ -161,20 +163,53 @@ def test_bad_input_is_one_clear_error_and_model_unchanged(retina, kwargs, match)
     assert snapshot(model) == shape
 
 
-def test_failure_midway_restores_the_model(retina, monkeypatch):
+def test_failure_midway_restores_the_model_and_names_the_layer(retina, monkeypatch):
     model, cfg = fresh(retina)
     sd = copy.deepcopy(model.state_dict())
     shape = snapshot(model)
-    original = tp.pruner.MetaPruner.step
+    original = tp.dependency.Group.prune
+    calls = []
 
-    def step_then_fail(self, interactive=False):
-        for i, group in enumerate(original(self, interactive=True)):
-            group.prune()
-            if i == 3:
-                raise RuntimeError('simulated failure after 4 groups')
+    def prune_then_fail(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            raise IndexError('simulated failure after 3 groups')
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(tp.pruner.MetaPruner, 'step', step_then_fail)
-    with pytest.raises(RuntimeError, match='simulated'):
+    monkeypatch.setattr(tp.dependency.Group, 'prune', prune_then_fail)
+    with pytest.raises(RuntimeError, match=r"could not prune the channels of layer '[\w.]+'"):
         mmprune.prune(model, pruning_ratio=0.5, cfg=cfg, input_shape=SHAPE)
     assert snapshot(model) == shape
+    assert state_equal(sd, model.state_dict())
+
+
+def _with_train_data(cfg, root, n):
+    from conftest import CLASSES, make_coco
+    make_coco(root, n=n)
+    cfg = copy.deepcopy(cfg)
+    cfg.train_dataloader.update(batch_size=2, num_workers=0, persistent_workers=False)
+    cfg.train_dataloader.dataset.update(
+        data_root=root + '/', ann_file='ann.json', data_prefix=dict(img='images/'),
+        metainfo=dict(classes=CLASSES), filter_cfg=dict(filter_empty_gt=False))
+    return cfg
+
+
+def test_gradient_criteria_read_the_config_train_dataloader(retina, tmp_path):
+    from mmprune.pruner import _train_batches
+    model, cfg = fresh(retina)
+    cfg = _with_train_data(cfg, str(tmp_path), n=4)
+    batches = _train_batches(cfg, 2)
+    assert len(batches) == 2 and len(batches[0]['inputs']) == 2
+    assert batches[0]['data_samples'][0].img_path.endswith('.png')
+    result = mmprune.prune(model, pruning_ratio=0.3, importance='taylor', cfg=cfg,
+                           input_shape=SHAPE)
+    assert result.params[1] < result.params[0]
+
+
+def test_empty_train_dataloader_is_a_clear_error(retina, tmp_path):
+    model, cfg = fresh(retina)
+    cfg = _with_train_data(cfg, str(tmp_path), n=0)
+    sd = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="needs data, but the config's train_dataloader"):
+        mmprune.prune(model, pruning_ratio=0.3, importance='taylor', cfg=cfg, input_shape=SHAPE)
     assert state_equal(sd, model.state_dict())

@@ -69,10 +69,24 @@ class _TensorForward(nn.Module):
         return tensor_forward(self.model, batch)
 
 
+def _positional_qkv(module: nn.Module, args: tuple, kwargs: dict):
+    """mmcv calls nn.MultiheadAttention with query=/key=/value= keywords; the
+    counter's hook reads them from the positional inputs."""
+    if not args and 'query' in kwargs:
+        args = tuple(kwargs.pop(k) for k in ('query', 'key', 'value'))
+    return args, kwargs
+
+
 def count_flops_params(model: nn.Module, batch: Dict[str, Any]) -> Tuple[int, int]:
     """(MACs, params) of the widened tensor-mode forward on ``batch``."""
-    with torch.no_grad():
-        flops, _ = tp.utils.count_ops_and_params(_TensorForward(model), (batch,))
+    handles = [m.register_forward_pre_hook(_positional_qkv, with_kwargs=True)
+               for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    try:
+        with torch.no_grad():
+            flops, _ = tp.utils.count_ops_and_params(_TensorForward(model), (batch,))
+    finally:
+        for h in handles:
+            h.remove()
     params = sum(p.numel() for p in model.parameters())
     return int(flops), int(params)
 

@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+import mmprune
+
 from conftest import ROOT, CLASSES, make_coco, tiny
 
 def _run(args, cwd, timeout=900):
@@ -36,12 +38,30 @@ def _host_test_script(codebase):
     return os.path.join(os.path.dirname(pkg.__file__), '.mim', 'tools', 'test.py')
 
 
-@pytest.mark.parametrize('codebase', ['mmdet', 'mmseg'])
-def test_prune_cli_then_host_test_py(tmp_path, codebase):
+CASES = {
+    'tiny-retinanet': ('mmdet', tiny('retinanet_r18_tiny'), ''),
+    'tiny-pspnet': ('mmseg', tiny('pspnet_r18_tiny'), ''),
+    'retinanet-r50': ('mmdet', 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
+                      'model = dict(bbox_head=dict(num_classes=3))'),
+    'faster-rcnn-r50': ('mmdet', 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
+                        'model = dict(roi_head=dict(bbox_head=dict(num_classes=3)))'),
+    'mask-rcnn-r50': ('mmdet', 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+                      'model = dict(roi_head=dict(bbox_head=dict(num_classes=3), '
+                      'mask_head=dict(num_classes=3)))'),
+    'pspnet-r50': ('mmseg', 'mmseg::pspnet/pspnet_r50-d8_4xb2-40k_cityscapes-512x1024.py', ''),
+    'segformer-b0': ('mmseg',
+                     'mmseg::segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py', ''),
+}
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_prune_cli_then_host_test_py(tmp_path, case):
+    """tools/prune.py at 0.5, then the host's packaged tools/test.py on the pruned files."""
+    codebase, base, model_delta = CASES[case]
     data = tmp_path / 'data'
     if codebase == 'mmdet':
         make_coco(str(data))
-        base, metric = tiny('retinanet_r18_tiny'), r'coco/bbox_mAP: (-?[\d.]+)'
+        metric = r'coco/bbox_mAP: (-?[\d.]+)'
         dataset = f"""
 test_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(128, 96), keep_ratio=True),
                  dict(type='LoadAnnotations', with_bbox=True),
@@ -53,7 +73,7 @@ test_evaluator = dict(type='CocoMetric', ann_file='{data}/ann.json', metric='bbo
 """
     else:
         _seg(str(data))
-        base, metric = tiny('pspnet_r18_tiny'), r'mIoU: (-?[\d.]+)'
+        metric = r'mIoU: (-?[\d.]+)'
         dataset = f"""
 test_pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
 test_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False, dataset=dict(
@@ -62,16 +82,24 @@ test_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False, da
 test_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 """
     dense_cfg = tmp_path / 'dense.py'
-    dense_cfg.write_text(f"_base_ = '{base}'\n{dataset}")
+    dense_cfg.write_text(f"_base_ = '{base}'\n{model_delta}\n{dataset}")
     out_dir = tmp_path / 'pruned'
     log = _run([os.path.join(ROOT, 'tools', 'prune.py'), str(dense_cfg), '--ratio', '0.5',
                 '--input-shape', '96', '128', '--out-dir', str(out_dir), '--name', 'm'],
                cwd=str(tmp_path))
     assert re.search(r'params\s+[\d.]+M\s+[\d.]+M', log), log
     summary = json.load(open(out_dir / 'm_prune_summary.json'))
-    assert summary['params_pruned'] < 0.6 * summary['params_dense']
+    assert summary['params_pruned'] < 0.7 * summary['params_dense']
     ckpt = torch.load(out_dir / 'm_pruned.pth', weights_only=True)
-    assert not any(k.startswith('model.') for k in ckpt['state_dict'])
+    dense, _ = mmprune.build_model(str(dense_cfg))
+    assert set(ckpt['state_dict']) == set(dense.state_dict())
+    if codebase == 'mmdet':
+        from mmdet.apis import init_detector as init
+    else:
+        from mmseg.apis import init_model as init
+    reloaded = init(str(out_dir / 'm_pruned.py'), str(out_dir / 'm_pruned.pth'), device='cpu')
+    assert type(reloaded) is type(dense)
+    assert sum(p.numel() for p in reloaded.parameters()) == summary['params_pruned']
     # the host's own packaged tools/test.py evaluates the pruned files as they are
     extra = ['--cfg-options', 'model.test_cfg.score_thr=0.0'] if codebase == 'mmdet' else []
     log = _run([_host_test_script(codebase), str(out_dir / 'm_pruned.py'),

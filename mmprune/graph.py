@@ -17,6 +17,7 @@ graph back from the outputs and are never pruned.
 from __future__ import annotations
 
 import contextlib
+import logging
 import types
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from mmengine.logging import print_log
 
 from .custom_layers import CUSTOMIZED_PRUNERS, pruner_of
 
@@ -175,20 +177,25 @@ def tracing_state(model: nn.Module) -> Iterator[None]:
                 params[name].requires_grad_(False)
 
 
-def _fixed_proposals(data_samples, num: int = 4):
+def _fixed_proposals(data_samples, num: int = 4, size: float = 32.0):
+    """A few small boxes, the same for every image.
+
+    Small boxes map to the finest FPN level in mmdet's RoI extractors, which
+    keeps the traced graph (and torch-pruning's grouping) small; every level
+    is coupled through the RPN anyway.
+    """
     from mmengine.structures import InstanceData
     proposals = []
     for sample in data_samples:
         h, w = sample.metainfo.get('img_shape', sample.metainfo.get('batch_input_shape'))
         boxes = []
         for i in range(num):
-            for j in range(num):
-                boxes.append([w * j / (num + 1), h * i / (num + 1),
-                              w * (j + 2) / (num + 1), h * (i + 2) / (num + 1)])
-        bboxes = torch.tensor(boxes, dtype=torch.float32)
+            x0 = (w - size) * i / max(num - 1, 1)
+            y0 = (h - size) * i / max(num - 1, 1)
+            boxes.append([x0, y0, x0 + size, y0 + size])
         proposals.append(InstanceData(
-            bboxes=bboxes, scores=torch.ones(len(boxes)),
-            labels=torch.zeros(len(boxes), dtype=torch.long)))
+            bboxes=torch.tensor(boxes, dtype=torch.float32), scores=torch.ones(num),
+            labels=torch.zeros(num, dtype=torch.long)))
     return proposals
 
 
@@ -246,9 +253,26 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any]) -> List[torch.Tensor
             return x
 
         patch(model, 'extract_feat', extract_and_aux)
+    # RoIs are coordinates, not features: cascade heads compute a stage's RoIs from the
+    # previous stage's box regression, which would couple box deltas with feature channels
+    try:
+        from mmdet.models.roi_heads.roi_extractors import BaseRoIExtractor
+    except ImportError:  # pragma: no cover
+        BaseRoIExtractor = ()
+    def detach_rois(module, args):
+        if len(args) >= 2 and isinstance(args[1], torch.Tensor):
+            if args[1].grad_fn is not None:  # regressed by an earlier stage: keep it traced
+                extra.append(args[1])
+            return (args[0], args[1].detach(), *args[2:])
+        return None
+
+    handles = [m.register_forward_pre_hook(detach_rois) for m in model.modules()
+               if isinstance(m, BaseRoIExtractor)]
     try:
         out = model(batch['inputs'], batch['data_samples'], mode='tensor')
     finally:
+        for h in handles:
+            h.remove()
         for obj, name, old in reversed(patches):
             if old is None:
                 delattr(obj, name)
@@ -366,6 +390,14 @@ def find_output_layers(model: nn.Module, batch: Dict[str, Any],
         for h in handles:
             h.remove()
     names = {m: n for n, m in model.named_modules()}
+    traced = set(grad_fn_to_module.values())
+    untraced = [n for n, m in model.named_modules()
+                if isinstance(m, layer_types) and m not in traced
+                and any(True for _ in m.parameters(recurse=False))]
+    if untraced:
+        print_log(f'[mmprune] {len(untraced)} layer(s) are not reached by the traced forward '
+                  f'and are left as they are: {untraced[:8]}', logger='current',
+                  level=logging.WARNING)
     found: Dict[str, None] = {}
     stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
     seen = set()

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 import torch_pruning as tp
 from mmengine.logging import print_log
 
@@ -365,6 +366,41 @@ def follow_input_channels(model: nn.Module) -> Iterator[Dict[str, List[str]]]:
             h.remove()
 
 
+_BINARY_OPS = {'add', 'add_', '__add__', '__radd__', '__iadd__', 'sub', 'sub_', '__sub__',
+               '__rsub__', '__isub__', 'mul', 'mul_', '__mul__', '__rmul__', '__imul__',
+               'div', 'div_', '__truediv__', '__rtruediv__', '__itruediv__'}
+
+
+def _channel_dim(t: torch.Tensor) -> int:
+    return 1 if t.dim() == 4 else t.dim() - 1
+
+
+class _ConstantOperands(TorchFunctionMode):
+    """Records element-wise ops between traced features and constant tensors.
+
+    A constant (no autograd history: sine positional encodings, fixed grids)
+    with a full channel dimension fixes the channels of the feature it meets,
+    but torch-pruning cannot see it. The op's autograd node is recorded so the
+    layers producing that feature are kept like output layers.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_fns: List[Any] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if getattr(func, '__name__', '') in _BINARY_OPS and len(args) >= 2 \
+                and isinstance(out, torch.Tensor) and out.grad_fn is not None:
+            a, b = args[0], args[1]
+            for t, c in ((a, b), (b, a)):
+                if isinstance(t, torch.Tensor) and isinstance(c, torch.Tensor) \
+                        and t.requires_grad and not c.requires_grad and c.dim() == t.dim() \
+                        and t.dim() >= 2 and c.shape[_channel_dim(t)] == t.shape[_channel_dim(t)] > 1:
+                    self.grad_fns.append(out.grad_fn)
+        return out
+
+
 def find_output_layers(model: nn.Module, batch: Dict[str, Any],
                        forward: Callable = tensor_forward) -> Tuple[List[str], List[torch.Tensor]]:
     """Names of the layers whose output channels are model outputs.
@@ -384,8 +420,10 @@ def find_output_layers(model: nn.Module, batch: Dict[str, Any],
             grad_fn_to_module[outputs.grad_fn] = module
 
     handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, layer_types)]
+    constants = _ConstantOperands()
     try:
-        outputs = forward(model, batch)
+        with constants:
+            outputs = forward(model, batch)
     finally:
         for h in handles:
             h.remove()
@@ -399,7 +437,7 @@ def find_output_layers(model: nn.Module, batch: Dict[str, Any],
                   f'and are left as they are: {untraced[:8]}', logger='current',
                   level=logging.WARNING)
     found: Dict[str, None] = {}
-    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None] + constants.grad_fns
     seen = set()
     while stack:
         fn = stack.pop()

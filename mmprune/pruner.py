@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from mmengine.config import Config
 from mmengine.logging import print_log
 
 from .custom_layers import customized_pruners_for
@@ -77,8 +78,30 @@ def _positional_qkv(module: nn.Module, args: tuple, kwargs: dict):
     return args, kwargs
 
 
+def _detach_cached(obj: Any, depth: int = 0) -> Any:
+    """Detach tensors that a forward cached on modules (CondInst keeps its dynamic
+    parameters this way): they are not graph leaves, which blocks deepcopy."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach() if obj.grad_fn is not None else obj
+    if depth > 4 or isinstance(obj, (nn.Module, Config, str, bytes)):
+        return obj
+    if isinstance(obj, dict):
+        for k, v in list(obj.items()):
+            if not (isinstance(k, str) and k in ('_modules', '_parameters')):
+                obj[k] = _detach_cached(v, depth + 1)
+    elif isinstance(obj, list):
+        obj[:] = [_detach_cached(v, depth + 1) for v in obj]
+    elif isinstance(obj, tuple) and not hasattr(obj, '_fields'):
+        return tuple(_detach_cached(v, depth + 1) for v in obj)
+    elif hasattr(obj, '__dict__') and not isinstance(obj, type):
+        _detach_cached(vars(obj), depth + 1)
+    return obj
+
+
 def count_flops_params(model: nn.Module, batch: Dict[str, Any]) -> Tuple[int, int]:
     """(MACs, params) of the widened tensor-mode forward on ``batch``."""
+    for m in model.modules():
+        _detach_cached(vars(m))
     handles = [m.register_forward_pre_hook(_positional_qkv, with_kwargs=True)
                for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
     try:
@@ -153,6 +176,24 @@ def _num_heads(model: nn.Module) -> Dict[nn.Module, int]:
             if isinstance(qkv, nn.Linear):
                 heads[qkv] = m.num_heads
     return heads
+
+
+def _attention_projections(model: nn.Module) -> List[nn.Module]:
+    """Projections inside attention modules that torch-pruning has no head rule for.
+
+    Modules with a ``num_heads`` attribute reshape their projections into heads
+    using constants (``embed_dims``, head sizes), so their linear layers keep
+    their output channels; ``nn.MultiheadAttention`` and fused ``qkv`` layers are
+    handled by torch-pruning's head-aware pruning instead.
+    """
+    kept = []
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention) or not isinstance(getattr(m, 'num_heads', None), int):
+            continue
+        if isinstance(getattr(m, 'qkv', None), nn.Linear):
+            continue
+        kept += [c for c in m.children() if isinstance(c, nn.Linear)]
+    return kept
 
 
 def _loss(model: nn.Module, batch: Dict[str, Any]) -> torch.Tensor:
@@ -260,7 +301,8 @@ def prune(model: Union[nn.Module, str, Any],
         with tracing_state(model), follow_input_channels(model):
             output_layers, _ = find_output_layers(model, batch)
             named = dict(model.named_modules())
-            keep = list(ignored.values()) + [named[n] for n in output_layers]
+            keep = list(ignored.values()) + [named[n] for n in output_layers] \
+                + _attention_projections(model)
             _check_prunable(ratio_matches, keep)
             flops0, params0 = count_flops_params(model, batch)
 

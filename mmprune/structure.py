@@ -47,7 +47,7 @@ def _attrs(module: nn.Module) -> Dict[str, Any]:
 def snapshot(model: nn.Module) -> Dict[str, Any]:
     """Attributes of every module and shapes of every tensor, for a later :func:`diff`."""
     return dict(
-        layers={name: _attrs(m) for name, m in model.named_modules()},
+        layers={name: _attrs(m) for name, m in model.named_modules(remove_duplicate=False)},
         shapes={name: list(t.shape) for name, t in model.state_dict(keep_vars=True).items()})
 
 
@@ -94,7 +94,7 @@ def _check(model: nn.Module, structure: Dict[str, Any]) -> None:
         raise ValueError(
             f'Not an mmprune structure (version {STRUCTURE_VERSION} expected): '
             f'{str(structure)[:120]}')
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     tensors = model.state_dict(keep_vars=True)
     missing: List[str] = [n for n in structure.get('layers', {}) if n not in modules]
     missing += [n for n in structure.get('shapes', {}) if n not in tensors]
@@ -117,7 +117,7 @@ def apply_structure(model: nn.Module, structure: Dict[str, Any]) -> nn.Module:
     structure that does not fit leaves the model as it was.
     """
     _check(model, structure)
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     for name, attrs in structure.get('layers', {}).items():
         module = modules[name]
         for key, value in attrs.items():

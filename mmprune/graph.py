@@ -215,6 +215,10 @@ def _flatten_tensors(obj) -> List[torch.Tensor]:
     return out
 
 
+def _detached_output(module, inputs, output):
+    return output.detach()
+
+
 def tensor_forward(model: nn.Module, batch: Dict[str, Any]) -> List[torch.Tensor]:
     """Run the host ``mode='tensor'`` forward, widened to every weighted layer.
 
@@ -269,6 +273,11 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any]) -> List[torch.Tensor
 
     handles = [m.register_forward_pre_hook(detach_rois) for m in model.modules()
                if isinstance(m, BaseRoIExtractor)]
+    # offsets (and masks) of deformable convs are coordinates too; the layer's handler
+    # prunes the input channels of its offset conv together with its own
+    handles += [m.conv_offset.register_forward_hook(_detached_output) for m in model.modules()
+                if pruner_of(m) is not None and isinstance(getattr(m, 'conv_offset', None),
+                                                           nn.Module)]
     try:
         out = model(batch['inputs'], batch['data_samples'], mode='tensor')
     finally:
@@ -429,8 +438,10 @@ def find_output_layers(model: nn.Module, batch: Dict[str, Any],
             h.remove()
     names = {m: n for n, m in model.named_modules()}
     traced = set(grad_fn_to_module.values())
+    offsets = {id(m.conv_offset) for m in model.modules()
+               if pruner_of(m) is not None and hasattr(m, 'conv_offset')}
     untraced = [n for n, m in model.named_modules()
-                if isinstance(m, layer_types) and m not in traced
+                if isinstance(m, layer_types) and m not in traced and id(m) not in offsets
                 and any(True for _ in m.parameters(recurse=False))]
     if untraced:
         print_log(f'[mmprune] {len(untraced)} layer(s) are not reached by the traced forward '

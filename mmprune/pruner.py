@@ -9,6 +9,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import itertools
@@ -403,17 +404,47 @@ def _search_flops(run: Callable[..., int], restore: Callable[[], None], model: n
     return dict(pruning_ratio=ratio, global_refine_ratio=extra)
 
 
+@contextlib.contextmanager
+def _concat_sizes_guard():
+    """torch-pruning 1.6.1 sums a concat's input sizes before checking them for None
+    (an input whose channels it cannot infer) and raises TypeError; its own next
+    step gives up the index mapping in that case, which is what this does."""
+    from torch_pruning.dependency import index_mapping
+    original = index_mapping.update_concat_index_mapping
+
+    def guarded(graph, node):
+        try:
+            return original(graph, node)
+        except TypeError:
+            if node.module.concat_sizes is not None and None in node.module.concat_sizes:
+                return None
+            raise
+
+    index_mapping.update_concat_index_mapping = guarded
+    try:
+        yield
+    finally:
+        index_mapping.update_concat_index_mapping = original
+
+
 def _prune_steps(model: nn.Module, batch: Dict[str, Any], importance, ratio: float,
                  keep: List[nn.Module], ratio_dict, data, num_batches: int,
                  **options) -> None:
     name = importance_name(importance)
     imp = build_importance(importance)
-    pruner = tp.pruner.MetaPruner(
-        model, batch, importance=imp, pruning_ratio=ratio,
-        pruning_ratio_dict=ratio_dict or None, ignored_layers=keep,
-        num_heads=_num_heads(model), customized_pruners=customized_pruners_for(model),
-        forward_fn=tensor_forward, **options)
-    for _ in range(options['iterative_steps']):
+    with _concat_sizes_guard():
+        pruner = tp.pruner.MetaPruner(
+            model, batch, importance=imp, pruning_ratio=ratio,
+            pruning_ratio_dict=ratio_dict or None, ignored_layers=keep,
+            num_heads=_num_heads(model), customized_pruners=customized_pruners_for(model),
+            forward_fn=tensor_forward, **options)
+        _run_steps(model, pruner, imp, name, data, num_batches, options['iterative_steps'])
+
+
+def _run_steps(model: nn.Module, pruner, imp, name: str, data, num_batches: int,
+               steps: int) -> None:
+    """``steps`` pruning steps; gradient criteria get fresh gradients before each."""
+    for _ in range(steps):
         if name in GRADIENT_IMPORTANCES:
             _accumulate_gradients(model, data, num_batches, imp, name in PER_SAMPLE_IMPORTANCES)
         for group in pruner.step(interactive=True):

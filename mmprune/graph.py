@@ -219,7 +219,8 @@ def _detached_output(module, inputs, output):
     return output.detach()
 
 
-def tensor_forward(model: nn.Module, batch: Dict[str, Any]) -> List[torch.Tensor]:
+def tensor_forward(model: nn.Module, batch: Dict[str, Any],
+                   kept: Optional[List[Any]] = None) -> List[torch.Tensor]:
     """Run the host ``mode='tensor'`` forward, widened to every weighted layer.
 
     Returns the flat list of output tensors (including the outputs of RPN and
@@ -278,9 +279,14 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any]) -> List[torch.Tensor
     handles += [m.conv_offset.register_forward_hook(_detached_output) for m in model.modules()
                 if pruner_of(m) is not None and isinstance(getattr(m, 'conv_offset', None),
                                                            nn.Module)]
+    mode = _TraceMode(model)
     try:
-        out = model(batch['inputs'], batch['data_samples'], mode='tensor')
+        with mode:
+            out = model(batch['inputs'], batch['data_samples'], mode='tensor')
     finally:
+        mode.close()
+        if kept is not None:
+            kept.extend(mode.grad_fns)
         for h in handles:
             h.remove()
         for obj, name, old in reversed(patches):
@@ -288,7 +294,7 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any]) -> List[torch.Tensor
                 delattr(obj, name)
             else:
                 setattr(obj, name, old)
-    return _flatten_tensors([out, extra])
+    return _flatten_tensors([out, extra, mode.operands])
 
 
 def _registered_types() -> tuple:
@@ -384,23 +390,59 @@ def _channel_dim(t: torch.Tensor) -> int:
     return 1 if t.dim() == 4 else t.dim() - 1
 
 
-class _ConstantOperands(TorchFunctionMode):
-    """Records element-wise ops between traced features and constant tensors.
+_PRODUCT_OPS = {'matmul', '__matmul__', '__rmatmul__', 'bmm', 'einsum', 'baddbmm'}
 
-    A constant (no autograd history: sine positional encodings, fixed grids)
-    with a full channel dimension fixes the channels of the feature it meets,
-    but torch-pruning cannot see it. The op's autograd node is recorded so the
-    layers producing that feature are kept like output layers.
+
+class _TraceMode(TorchFunctionMode):
+    """What torch-pruning cannot see in the traced forward, made explicit.
+
+    * An element-wise op between a traced feature and a constant tensor (no
+      autograd history: sine positional encodings, fixed grids) with a full
+      channel dimension fixes that feature's channels.
+    * A product of two features (non-local and attention blocks written with
+      ``matmul``/``bmm``) mixes channel and spatial indices in ways whose index
+      mapping explodes torch-pruning's grouping. Its operands are detached, so
+      the product is a constant to the graph; they become extra outputs (so the
+      layers computing them stay traced) and their channels are kept.
+      ``nn.MultiheadAttention`` is left to torch-pruning's own head rules.
+
+    The autograd nodes of such features are collected in ``grad_fns`` so the
+    layers producing them are kept like output layers.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.grad_fns: List[Any] = []
+        self.operands: List[torch.Tensor] = []
+        self._inside_mha = 0
+        self._handles = []
+        for m in model.modules():
+            if isinstance(m, nn.MultiheadAttention):
+                self._handles.append(m.register_forward_pre_hook(self._enter))
+                self._handles.append(m.register_forward_hook(self._leave))
+
+    def _enter(self, *args):
+        self._inside_mha += 1
+
+    def _leave(self, *args):
+        self._inside_mha -= 1
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if getattr(func, '__name__', '') in _BINARY_OPS and len(args) >= 2 \
-                and isinstance(out, torch.Tensor) and out.grad_fn is not None:
+        kwargs = kwargs or {}
+        name = getattr(func, '__name__', '')
+        if name in _PRODUCT_OPS and not self._inside_mha:
+            feats = [a for a in _flatten_tensors(list(args)) if a.grad_fn is not None]
+            if len(feats) >= 2:
+                self.grad_fns += [f.grad_fn for f in feats]
+                self.operands += feats
+                args = _detach_all(args)
+        out = func(*args, **kwargs)
+        if name in _BINARY_OPS and len(args) >= 2 and isinstance(out, torch.Tensor) \
+                and out.grad_fn is not None:
             a, b = args[0], args[1]
             for t, c in ((a, b), (b, a)):
                 if isinstance(t, torch.Tensor) and isinstance(c, torch.Tensor) \
@@ -408,6 +450,14 @@ class _ConstantOperands(TorchFunctionMode):
                         and t.dim() >= 2 and c.shape[_channel_dim(t)] == t.shape[_channel_dim(t)] > 1:
                     self.grad_fns.append(out.grad_fn)
         return out
+
+
+def _detach_all(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_detach_all(v) for v in obj)
+    return obj
 
 
 def find_output_layers(model: nn.Module, batch: Dict[str, Any],
@@ -429,10 +479,9 @@ def find_output_layers(model: nn.Module, batch: Dict[str, Any],
             grad_fn_to_module[outputs.grad_fn] = module
 
     handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, layer_types)]
-    constants = _ConstantOperands()
+    kept: List[Any] = []
     try:
-        with constants:
-            outputs = forward(model, batch)
+        outputs = forward(model, batch, kept)
     finally:
         for h in handles:
             h.remove()
@@ -448,7 +497,7 @@ def find_output_layers(model: nn.Module, batch: Dict[str, Any],
                   f'and are left as they are: {untraced[:8]}', logger='current',
                   level=logging.WARNING)
     found: Dict[str, None] = {}
-    stack = [t.grad_fn for t in outputs if t.grad_fn is not None] + constants.grad_fns
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None] + kept
     seen = set()
     while stack:
         fn = stack.pop()

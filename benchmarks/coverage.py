@@ -173,8 +173,15 @@ def main() -> None:
     p.add_argument('--shape', type=int, nargs=2, default=[256, 256])
     p.add_argument('--timeout', type=int, default=600)
     p.add_argument('--out', default='work_dirs/coverage.json')
+    p.add_argument('--markdown', nargs='+', metavar='JSON',
+                   help='print the support matrix of earlier runs as markdown and exit')
     p.add_argument('--one', help=argparse.SUPPRESS)
     args = p.parse_args()
+
+    if args.markdown:
+        records = [r for f in args.markdown for r in json.load(open(f))['records']]
+        print(markdown(records))
+        return
 
     if args.one:
         import logging
@@ -256,6 +263,36 @@ def row(r: dict) -> str:
     reason = f" {r.get('reason')}" if r.get('reason') else ''
     return (f"{r['codebase']:6s} {r['family']:24s} {status:12s} {_short(r.get('config')):48s} "
             f'{sizes:32s}{reason}')
+
+
+def markdown(records: list) -> str:
+    lines = ['| codebase | family | config | result | params (M) | FLOPs (G MACs) | reason |',
+             '|---|---|---|---|---|---|---|']
+    for r in records:
+        if r.get('skipped'):
+            continue
+        sizes = ('', '')
+        if r.get('params'):
+            sizes = (f"{r['params'][0] / 1e6:.1f} → {r['params'][1] / 1e6:.1f}",
+                     f"{r['flops'][0] / 1e9:.2f} → {r['flops'][1] / 1e9:.2f}")
+        if r.get('stage') is None:
+            status = 'pass'
+        elif r['stage'] in ('build', 'dense'):
+            status = f"host fails ({r['stage']})"
+        else:
+            status = f"fails at {r['stage']}"
+        reason = (r.get('reason') or '').replace('|', '/').replace('\n', ' ')[:140]
+        lines.append(f"| {r['codebase']} | {r['family']} | `{_short(r.get('config'))}` | "
+                     f"{status} | {sizes[0]} | {sizes[1]} | {reason} |")
+    lines.append('')
+    for cb, t in totals(records).items():
+        lines.append(f"- {cb}: {t['passed']}/{t['tried']} families tried pass every stage; "
+                     f"{t['host_failures']} of the failures are the host's own (the dense model "
+                     f"fails before pruning); {t['skipped']} families skipped")
+    skipped = [r for r in records if r.get('skipped')]
+    if skipped:
+        lines.append('- skipped: ' + '; '.join(f"{r['family']} ({r['skipped']})" for r in skipped))
+    return '\n'.join(lines)
 
 
 def print_table(records: list) -> None:

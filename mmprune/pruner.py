@@ -197,6 +197,36 @@ def _attention_projections(model: nn.Module) -> List[nn.Module]:
     return kept
 
 
+def _check_loss(model: nn.Module, cfg, batch: Dict[str, Any], seed: int) -> None:
+    """Run the pruned model's ``mode='loss'`` once (train mode, 2 images).
+
+    Layers used only by the loss (some heads' training branches) are not in the
+    traced graph; if pruning broke one, this fails here, and the model is
+    restored instead of being handed back broken. Buffers (BN statistics) are
+    put back afterwards.
+    """
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    modes = {m: m.training for m in model.modules()}
+    shape = tuple(batch['inputs'].shape[-2:])
+    try:
+        model.train()
+        train_batch = make_batch(model, cfg, shape, batch_size=2, training=True, seed=seed + 7)
+        with torch.no_grad():
+            _loss(model, train_batch)
+    except Exception as e:
+        raise RuntimeError(
+            f'the pruned model fails in mode=loss ({type(e).__name__}: {e}); a layer used only '
+            f'by the loss was not reached by the traced forward. The model is restored; keep '
+            f'the layers feeding it with ignored_layers.') from e
+    finally:
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                if k in buffers and v.shape == buffers[k].shape:
+                    v.copy_(buffers[k])
+        for m, mode in modes.items():
+            m.training = mode
+
+
 def _loss(model: nn.Module, batch: Dict[str, Any]) -> torch.Tensor:
     losses = model(batch['inputs'], batch['data_samples'], mode='loss')
     loss, _ = model.parse_losses(losses)
@@ -324,6 +354,7 @@ def prune(model: Union[nn.Module, str, Any],
                     run, lambda: _restore(model, before, state), model, flops0,
                     float(target_flops), max_pruning_ratio))
                 flops1 = count_flops_params(model, batch)[0]
+            _check_loss(model, cfg, batch, seed)
             for p in model.parameters():
                 p.grad = None
     except BaseException:

@@ -213,3 +213,18 @@ def test_empty_train_dataloader_is_a_clear_error(retina, tmp_path):
     with pytest.raises(ValueError, match="needs data, but the config's train_dataloader"):
         mmprune.prune(model, pruning_ratio=0.3, importance='taylor', cfg=cfg, input_shape=SHAPE)
     assert state_equal(sd, model.state_dict())
+
+
+def test_a_pruned_model_that_fails_its_loss_is_restored(retina, monkeypatch):
+    model, cfg = fresh(retina)
+    sd = copy.deepcopy(model.state_dict())
+    shape = snapshot(model)
+
+    def broken_loss(*args, **kwargs):
+        raise RuntimeError('expected input to have 32 channels')
+
+    monkeypatch.setattr(model.bbox_head, 'loss', broken_loss)
+    with pytest.raises(RuntimeError, match='fails in mode=loss'):
+        mmprune.prune(model, pruning_ratio=0.5, cfg=cfg, input_shape=SHAPE)
+    assert snapshot(model) == shape
+    assert state_equal(sd, model.state_dict())

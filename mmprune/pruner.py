@@ -299,6 +299,8 @@ def prune(model: Union[nn.Module, str, Any],
         raise ValueError(f'iterative_steps must be a positive int, but got {iterative_steps!r}')
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise ValueError(f'round_to must be a positive int or None, but got {round_to!r}')
+    if isinstance(ignored_layers, str):
+        ignored_layers = [ignored_layers]
     ratio_patterns = {k: _check_ratio(f'pruning_ratio_dict[{k!r}]', v)
                       for k, v in (pruning_ratio_dict or {}).items()}
     build_importance(importance)  # bad kwargs fail before anything is built

@@ -133,7 +133,8 @@ def run_one(config: str, ratio: float, shape) -> dict:
         if shapes != dense_out:
             raise AssertionError(f'output shapes changed: {dense_out[:4]} -> {shapes[:4]}')
         stage = 'loss'
-        model.train()
+        model.train()  # a fresh batch: some hosts consume their inputs (Fast R-CNN's proposals)
+        train_batch = make_batch(model, cfg, shape, batch_size=2, training=True, seed=1)
         loss, _ = model.parse_losses(
             model(train_batch['inputs'], train_batch['data_samples'], mode='loss'))
         if not torch.isfinite(loss):

@@ -144,6 +144,10 @@ def make_batch(model: nn.Module, cfg=None, input_shape: Optional[Sequence[int]] 
         pack = PackSegInputs()
     packed = [pack(_fake_sample(task, h, w, num_classes, rng))
               for _ in range(batch_size)]
+    if task == 'det' and getattr(model, 'roi_head', None) is not None \
+            and getattr(model, 'rpn_head', None) is None:  # Fast R-CNN reads proposals
+        for p, proposals in zip(packed, _fixed_proposals([p['data_samples'] for p in packed])):
+            p['data_samples'].proposals = proposals
     data = dict(inputs=[p['inputs'] for p in packed],
                 data_samples=[p['data_samples'] for p in packed])
     with torch.no_grad():

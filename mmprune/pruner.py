@@ -183,8 +183,8 @@ def _attention_projections(model: nn.Module) -> List[nn.Module]:
     """Projections inside attention modules that torch-pruning has no head rule for.
 
     Modules with a ``num_heads`` attribute reshape their projections into heads
-    using constants (``embed_dims``, head sizes), so their linear layers keep
-    their output channels; ``nn.MultiheadAttention`` and fused ``qkv`` layers are
+    using constants (``embed_dims``, head sizes), so their linear and conv
+    projections keep their output channels; ``nn.MultiheadAttention`` and fused ``qkv`` layers are
     handled by torch-pruning's head-aware pruning instead.
     """
     kept = []
@@ -193,7 +193,7 @@ def _attention_projections(model: nn.Module) -> List[nn.Module]:
             continue
         if isinstance(getattr(m, 'qkv', None), nn.Linear):
             continue
-        kept += [c for c in m.children() if isinstance(c, nn.Linear)]
+        kept += [c for c in m.children() if isinstance(c, _PRUNABLE_ROOTS)]
     return kept
 
 

@@ -228,7 +228,9 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any],
     """Run the host ``mode='tensor'`` forward, widened to every weighted layer.
 
     Returns the flat list of output tensors (including the outputs of RPN and
-    auxiliary heads that the host's tensor mode leaves out).
+    auxiliary heads that the host's tensor mode leaves out). ``kept``, when
+    given, receives the autograd nodes of features whose channels must stay
+    (see :class:`_TraceMode`).
     """
     extra: List[Any] = []
     patches: List[Tuple[Any, str, Any]] = []
@@ -269,6 +271,7 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any],
         from mmdet.models.roi_heads.roi_extractors import BaseRoIExtractor
     except ImportError:  # pragma: no cover
         BaseRoIExtractor = ()
+
     def detach_rois(module, args):
         if len(args) >= 2 and isinstance(args[1], torch.Tensor):
             if args[1].grad_fn is not None:  # regressed by an earlier stage: keep it traced

@@ -42,6 +42,7 @@ SKIPPED = {
                          'strong_baselines', 'soft_teacher', 'selfsup_pretrain'],
                         'training recipe of a family tried elsewhere'),
         'timm_example': 'needs the optional timm package',
+        'carafe': 'mmcv 2.1 has no CPU kernel for CARAFE (GPU only)',
     },
     'mmseg': {
         '_base_': 'shared fragments',
@@ -52,7 +53,8 @@ SKIPPED = {
 }
 
 #: the family's own idea where the plainest name would pick something else
-PREFERRED = {'dcn': 'faster-rcnn_r50-dconv-c3-c5_fpn_1x_coco.py',
+PREFERRED = {'cascade_rpn': 'cascade-rpn_faster-rcnn_r50-caffe_fpn_1x_coco.py',  # the RPN-only one does not build
+             'dcn': 'faster-rcnn_r50-dconv-c3-c5_fpn_1x_coco.py',
              'dcnv2': 'faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py'}
 
 STAGES = ('build', 'dense', 'prune', 'tensor', 'loss', 'predict', 'reload')
@@ -91,6 +93,48 @@ def families(codebase: str):
         yield fam, (f'{codebase}::{fam}/{cfg}' if cfg else None), skip
 
 
+def candidate_shapes(model, cfg, shape) -> list:
+    """Input sizes to try: a backbone's fixed ``img_size`` first (ViTs' position
+    embeddings), then the small default, then the config's own crop / test size
+    (models whose pooling kernels need their native size)."""
+    from mmprune.graph import _config_input_shape
+    out = []
+    size = getattr(getattr(model, 'backbone', None), 'img_size', None)
+    if isinstance(size, int):
+        out.append((size, size))
+    elif isinstance(size, (tuple, list)) and len(size) == 2:
+        out.append(tuple(int(s) for s in size))
+    out.append(tuple(shape))
+    crop = getattr(model.data_preprocessor, 'size', None)
+    if crop:
+        out.append(tuple(int(s) for s in crop))
+    native = _config_input_shape(cfg)
+    if native:
+        out.append(tuple(native))
+    return list(dict.fromkeys(out))
+
+
+def dense_run(model, cfg, shape):
+    """The dense model's tensor, predict and loss + backward at ``shape``."""
+    import torch
+
+    from mmprune.graph import make_batch, tensor_forward
+    if getattr(model.data_preprocessor, 'size', None):
+        model.data_preprocessor.size = shape  # mmseg pads training crops to this size
+    batch = make_batch(model, cfg, shape)
+    train_batch = make_batch(model, cfg, shape, batch_size=2, training=True, seed=1)
+    model.eval()
+    with torch.no_grad():
+        dense_out = [o.shape for o in tensor_forward(model, batch)]
+        model(batch['inputs'], batch['data_samples'], mode='predict')
+    model.train()
+    loss, _ = model.parse_losses(
+        model(train_batch['inputs'], train_batch['data_samples'], mode='loss'))
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return batch, train_batch, dense_out
+
+
 def run_one(config: str, ratio: float, shape) -> dict:
     """All stages for one config, in this process. Returns a record."""
     import torch
@@ -100,39 +144,50 @@ def run_one(config: str, ratio: float, shape) -> dict:
     from mmprune.models import build_pruned_model
 
     torch.manual_seed(0)
-    rec: dict = dict(config=config, stage=None, reason=None)
-    stage = 'build'
+    rec: dict = dict(config=config, stage=None, reason=None, stage_s={})
+    clock = [time.perf_counter()]
+
+    def enter(name):
+        now = time.perf_counter()
+        if stage is not None:
+            rec['stage_s'][stage] = round(now - clock[0], 2)
+        clock[0] = now
+        return name
+
+    stage = None
+    stage = enter('build')
     try:
-        model, cfg = mmprune.build_model(config)
-        stage = 'dense'
-        if getattr(model.data_preprocessor, 'size', None):
-            model.data_preprocessor.size = shape  # mmseg pads training crops to this size
-        batch = make_batch(model, cfg, shape)
-        train_batch = make_batch(model, cfg, shape, batch_size=2, training=True, seed=1)
-        model.eval()
-        with torch.no_grad():
-            dense_out = [o.shape for o in tensor_forward(model, batch)]
-            model(batch['inputs'], batch['data_samples'], mode='predict')
-        model.train()
-        loss, _ = model.parse_losses(
-            model(train_batch['inputs'], train_batch['data_samples'], mode='loss'))
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        stage = 'prune'
+        cfg = mmprune.apis.load_config(config)
+        backbone = cfg.model.get('backbone') or {}
+        if 'img_size' in backbone:  # ViTs: position embeddings at the small test size
+            backbone['img_size'] = tuple(shape) if not isinstance(backbone['img_size'], int) \
+                else shape[0]
+        model, cfg = mmprune.build_model(cfg)
+        stage = enter('dense')
+        shapes = candidate_shapes(model, cfg, shape)
+        for i, shape in enumerate(shapes):
+            try:
+                batch, train_batch, dense_out = dense_run(model, cfg, shape)
+                break
+            except Exception:  # noqa: BLE001 - the next, native size may suit the host
+                if i == len(shapes) - 1:
+                    raise
+        rec['shape'] = list(shape)
+        stage = enter('prune')
         t0 = time.perf_counter()
         result = mmprune.prune(model, pruning_ratio=ratio, importance='l2', cfg=cfg,
                                input_shape=shape)
         rec.update(prune_s=round(time.perf_counter() - t0, 2),
                    params=list(result.params), flops=list(result.flops),
                    output_layers=result.output_layers)
-        stage = 'tensor'
+        stage = enter('tensor')
         model.eval()
         with torch.no_grad():
             out = tensor_forward(model, batch)
         shapes = [o.shape for o in out]
         if shapes != dense_out:
             raise AssertionError(f'output shapes changed: {dense_out[:4]} -> {shapes[:4]}')
-        stage = 'loss'
+        stage = enter('loss')
         model.train()  # a fresh batch: some hosts consume their inputs (Fast R-CNN's proposals)
         train_batch = make_batch(model, cfg, shape, batch_size=2, training=True, seed=1)
         loss, _ = model.parse_losses(
@@ -140,11 +195,11 @@ def run_one(config: str, ratio: float, shape) -> dict:
         if not torch.isfinite(loss):
             raise AssertionError(f'loss is {loss}')
         loss.backward()
-        stage = 'predict'
+        stage = enter('predict')
         model.eval()
         with torch.no_grad():
             model(batch['inputs'], batch['data_samples'], mode='predict')
-        stage = 'reload'
+        stage = enter('reload')
         from mmengine.registry import init_default_scope
         init_default_scope(cfg.get('default_scope', 'mmdet'))
         import copy
@@ -158,7 +213,7 @@ def run_one(config: str, ratio: float, shape) -> dict:
             out = tensor_forward(model, batch)
         if not all(torch.allclose(a, b, atol=1e-5) for a, b in zip(out, again)):
             raise AssertionError('rebuilt model gives different outputs')
-        stage = None
+        stage = enter(None)
     except BaseException as e:  # noqa: BLE001 - every failure is recorded
         rec['reason'] = f'{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}'
         rec['trace'] = traceback.format_exc()[-3000:]

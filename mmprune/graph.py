@@ -17,6 +17,7 @@ graph back from the outputs and are never pruned.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import types
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -96,7 +97,8 @@ def _fake_sample(task: str, h: int, w: int, num_classes: int,
             y0, x0 = rng.integers(0, h), rng.integers(0, w)
             seg[y0:y0 + h // 3, x0:x0 + w // 3] = label
         results['gt_seg_map'] = seg
-        return results
+        from mmseg.datasets.transforms import GenerateEdge  # PIDNet's boundary target
+        return GenerateEdge()(results)
     from mmdet.structures.bbox import HorizontalBoxes
     from mmdet.structures.mask import BitmapMasks
     n = 3
@@ -151,7 +153,11 @@ def make_batch(model: nn.Module, cfg=None, input_shape: Optional[Sequence[int]] 
     data = dict(inputs=[p['inputs'] for p in packed],
                 data_samples=[p['data_samples'] for p in packed])
     with torch.no_grad():
-        return model.data_preprocessor(data, training)
+        out = model.data_preprocessor(data, training)
+    for sample in out['data_samples']:  # mmseg sets it only when it pads training crops
+        if 'batch_input_shape' not in sample.metainfo:
+            sample.set_metainfo(dict(batch_input_shape=tuple(out['inputs'].shape[-2:])))
+    return out
 
 
 @contextlib.contextmanager
@@ -219,6 +225,15 @@ def _flatten_tensors(obj) -> List[torch.Tensor]:
     return out
 
 
+def _required_args(fn) -> List[str]:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.default is p.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
 def _detached_output(module, inputs, output):
     return output.detach()
 
@@ -265,6 +280,22 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any],
             return x
 
         patch(model, 'extract_feat', extract_and_aux)
+    head = getattr(model, 'decode_head', None)
+    if isinstance(head, nn.Module) and 'batch_data_samples' in _required_args(head.forward):
+        head_forward = head.forward  # MaskFormer-style heads need the samples in tensor mode
+
+        def forward_with_samples(x, *args, **kwargs):
+            if not args and not kwargs:
+                args = (batch['data_samples'],)
+            return head_forward(x, *args, **kwargs)
+
+        patch(head, 'forward', forward_with_samples)
+    if isinstance(head, nn.ModuleList) and hasattr(model, 'encode_decode'):
+        # cascade segmentors: the host's tensor mode feeds the last head (PointRend's
+        # point head) the wrong inputs; its inference path is the real graph
+        metas = [s.metainfo for s in batch['data_samples']]
+        patch(model, '_forward', lambda inputs, data_samples=None:
+              model.encode_decode(inputs, metas))
     # RoIs are coordinates, not features: cascade heads compute a stage's RoIs from the
     # previous stage's box regression, which would couple box deltas with feature channels
     try:
@@ -286,7 +317,34 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any],
     handles += [m.conv_offset.register_forward_hook(_detached_output) for m in model.modules()
                 if pruner_of(m) is not None and isinstance(getattr(m, 'conv_offset', None),
                                                            nn.Module)]
+
+    def detach_offsets(module, args, kwargs):
+        # offsets / masks passed in from outside (DyHead, RepPoints, VFNet): the layers
+        # predicting them keep their channels, as outputs do
+        def cut(t):
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                extra.append(t)
+                return t.detach()
+            return t
+        return (tuple(args[:1]) + tuple(map(cut, args[1:])),
+                {k: cut(v) if k in ('offset', 'mask') else v for k, v in kwargs.items()})
+
+    handles += [m.register_forward_pre_hook(detach_offsets, with_kwargs=True)
+                for m in model.modules() if pruner_of(m) is not None]
     mode = _TraceMode(model)
+    CONCAT_LAYOUT.clear()
+
+    def keep_grouped(module, inputs, output):
+        # grouped convs other than plain depthwise ones (ResNeSt's split attention,
+        # BiSeNetV2's depthwise expansion) keep the channels on both sides: torch-pruning
+        # 1.6.1 mis-indexes their input channels
+        for t in (inputs[0] if inputs else None, output):
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                mode.grad_fns.append(t.grad_fn)
+
+    handles += [m.register_forward_hook(keep_grouped) for m in model.modules()
+                if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1
+                and not m.groups == m.in_channels == m.out_channels]
     try:
         with mode:
             out = model(batch['inputs'], batch['data_samples'], mode='tensor')
@@ -398,6 +456,11 @@ def _channel_dim(t: torch.Tensor) -> int:
 
 
 _PRODUCT_OPS = {'matmul', '__matmul__', '__rmatmul__', 'bmm', 'einsum', 'baddbmm'}
+_CAT_OPS = {'cat', 'concat', 'concatenate'}
+
+#: channel concats of the last traced forward: autograd node -> its pieces in order,
+#: (traced, channels when traced); see pruner._concat_sizes_guard
+CONCAT_LAYOUT: Dict[Any, List[Tuple[bool, int]]] = {}
 
 
 class _TraceMode(TorchFunctionMode):
@@ -447,7 +510,11 @@ class _TraceMode(TorchFunctionMode):
                 self.grad_fns += [f.grad_fn for f in feats]
                 self.operands += feats
                 args = _detach_all(args)
+        if name in _BINARY_OPS and len(args) >= 2:
+            args = self._cut_broadcast(args)
         out = func(*args, **kwargs)
+        if name in _CAT_OPS and isinstance(out, torch.Tensor) and out.grad_fn is not None:
+            _record_concat(out, args, kwargs)
         if name in _BINARY_OPS and len(args) >= 2 and isinstance(out, torch.Tensor) \
                 and out.grad_fn is not None:
             a, b = args[0], args[1]
@@ -457,6 +524,34 @@ class _TraceMode(TorchFunctionMode):
                         and t.dim() >= 2 and c.shape[_channel_dim(t)] == t.shape[_channel_dim(t)] > 1:
                     self.grad_fns.append(out.grad_fn)
         return out
+
+
+    def _cut_broadcast(self, args):
+        """A one-channel feature broadcast over a wide one (PIDNet's boundary
+        attention, BiSeNetV2's gates) is not a channel coupling: it is cut from
+        the graph and traced as an extra output."""
+        a, b = args[0], args[1]
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) \
+                or a.grad_fn is None or b.grad_fn is None or a.dim() != b.dim() or a.dim() < 3:
+            return args
+        ca, cb = a.shape[_channel_dim(a)], b.shape[_channel_dim(b)]
+        if ca == cb or 1 not in (ca, cb):
+            return args
+        narrow = 0 if ca == 1 else 1
+        self.grad_fns.append(args[narrow].grad_fn)
+        self.operands.append(args[narrow])
+        args = list(args)
+        args[narrow] = args[narrow].detach()
+        return tuple(args)
+
+
+def _record_concat(out: torch.Tensor, args, kwargs) -> None:
+    tensors = args[0] if args else kwargs.get('tensors', ())
+    dim = kwargs.get('dim', args[1] if len(args) > 1 else 0)
+    if out.dim() != 4 or not isinstance(dim, int) or dim % 4 != 1:
+        return
+    CONCAT_LAYOUT[out.grad_fn] = [(t.grad_fn is not None, int(t.shape[1]))
+                                      for t in tensors]
 
 
 def _detach_all(obj):

@@ -25,8 +25,8 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from .custom_layers import customized_pruners_for
-from .graph import (find_output_layers, follow_input_channels, make_batch, tensor_forward,
-                    tracing_state)
+from .graph import (CONCAT_LAYOUT, find_output_layers, follow_input_channels, make_batch,
+                    tensor_forward, tracing_state)
 from .importance import (GRADIENT_IMPORTANCES, PER_SAMPLE_IMPORTANCES, build_importance,
                          importance_name)
 from .structure import apply_structure, diff, snapshot, structure_between
@@ -166,35 +166,25 @@ def _top_level(found: Dict[str, nn.Module]) -> Tuple[nn.Module, ...]:
     return tuple(found[n] for n in tops)
 
 
-def _num_heads(model: nn.Module) -> Dict[nn.Module, int]:
-    """Attention layers whose embedding must stay divisible by their head count."""
-    heads: Dict[nn.Module, int] = {}
+def _attention_projections(model: nn.Module) -> List[nn.Module]:
+    """Layers of attention blocks whose channels stay: the embedding and the heads.
+
+    Attention modules (``nn.MultiheadAttention`` and any module with an integer
+    ``num_heads``: mmcv's wrapper, Swin's window attention, Twins, SegFormer)
+    split their projections into heads with ``reshape`` calls built from
+    constants or from the input's width, which torch-pruning's head rules do
+    not cover for most of them. Their projections keep their output channels,
+    so the residual stream they write to keeps its width too; the feed-forward
+    layers between them (and every convolution around them) are still pruned.
+    """
+    kept: List[nn.Module] = []
     for m in model.modules():
         if isinstance(m, nn.MultiheadAttention):
-            heads[m] = m.num_heads
+            kept.append(m)
         elif isinstance(getattr(m, 'num_heads', None), int):
-            qkv = getattr(m, 'qkv', None)
-            if isinstance(qkv, nn.Linear):
-                heads[qkv] = m.num_heads
-    return heads
-
-
-def _attention_projections(model: nn.Module) -> List[nn.Module]:
-    """Projections inside attention modules that torch-pruning has no head rule for.
-
-    Modules with a ``num_heads`` attribute reshape their projections into heads
-    using constants (``embed_dims``, head sizes), so their linear and conv
-    projections keep their output channels; ``nn.MultiheadAttention`` and fused ``qkv`` layers are
-    handled by torch-pruning's head-aware pruning instead.
-    """
-    kept = []
-    for m in model.modules():
-        if isinstance(m, nn.MultiheadAttention) or not isinstance(getattr(m, 'num_heads', None), int):
-            continue
-        if isinstance(getattr(m, 'qkv', None), nn.Linear):
-            continue
-        kept += [c for c in m.children() if isinstance(c, _PRUNABLE_ROOTS)]
-    return kept
+            kept += [c for c in m.children()
+                     if isinstance(c, _PRUNABLE_ROOTS + (nn.MultiheadAttention,))]
+    return list(dict.fromkeys(kept))
 
 
 def _check_loss(model: nn.Module, cfg, batch: Dict[str, Any], seed: int) -> None:
@@ -439,13 +429,44 @@ def _search_flops(run: Callable[..., int], restore: Callable[[], None], model: n
 
 @contextlib.contextmanager
 def _concat_sizes_guard():
-    """torch-pruning 1.6.1 sums a concat's input sizes before checking them for None
-    (an input whose channels it cannot infer) and raises TypeError; its own next
-    step gives up the index mapping in that case, which is what this does."""
+    """Two fixes to torch-pruning 1.6.1's concat index mapping.
+
+    * A concat that also takes untraced tensors (CGNet concatenates the
+      down-sampled image) has fewer graph inputs than pieces, so torch-pruning's
+      offsets are wrong and it drops the mapping (indices then pass through
+      unshifted and prune the wrong channels). The layout recorded while tracing
+      (``graph.CONCAT_LAYOUT``) gives each traced input its true offset.
+    * It sums a concat's input sizes before checking them for None (an input
+      whose channels it cannot infer) and raises TypeError; its own next step
+      gives up the index mapping in that case, which is what this does.
+    """
     from torch_pruning.dependency import index_mapping
     original = index_mapping.update_concat_index_mapping
 
     def guarded(graph, node):
+        pieces = CONCAT_LAYOUT.get(node.grad_fn)
+        if pieces is not None and sum(t for t, _ in pieces) == len(node.inputs) \
+                and node.enable_index_mapping:
+            from torch_pruning.dependency.shape_infer import infer_channels_between
+            # current sizes (this runs again after each pruned group); an input whose
+            # channels no layer defines (the image) keeps its traced size
+            inferred = iter(infer_channels_between(graph, n, node) for n in node.inputs)
+            sizes = [next(inferred) if traced else None for traced, _ in pieces]
+            if any(s is None for s in sizes):
+                sizes = [s if s is not None else size for s, (_, size) in zip(sizes, pieces)]
+                node.module.concat_sizes = [s for s, (t, _) in zip(sizes, pieces) if t]
+                starts = [sum(sizes[:i]) for i in range(len(sizes))]
+                spans = [[a, a + s] for a, s, (t, _) in zip(starts, sizes, pieces) if t]
+                for span, in_node in zip(spans, node.inputs):
+                    for dep in node.dependencies:
+                        if dep.target == in_node:
+                            dep.index_mapping[1] = index_mapping._ConcatIndexMapping(
+                                offset=span, reverse=True)
+                    for dep in in_node.dependencies:
+                        if dep.target == node:
+                            dep.index_mapping[1] = index_mapping._ConcatIndexMapping(
+                                offset=span, reverse=False)
+                return None
         try:
             return original(graph, node)
         except TypeError:
@@ -469,9 +490,12 @@ def _prune_steps(model: nn.Module, batch: Dict[str, Any], importance, ratio: flo
         pruner = tp.pruner.MetaPruner(
             model, batch, importance=imp, pruning_ratio=ratio,
             pruning_ratio_dict=ratio_dict or None, ignored_layers=keep,
-            num_heads=_num_heads(model), customized_pruners=customized_pruners_for(model),
+            customized_pruners=customized_pruners_for(model),
             forward_fn=tensor_forward, **options)
-        _run_steps(model, pruner, imp, name, data, num_batches, options['iterative_steps'])
+        try:
+            _run_steps(model, pruner, imp, name, data, num_batches, options['iterative_steps'])
+        finally:
+            CONCAT_LAYOUT.clear()  # it holds the traced autograd graph
 
 
 def _run_steps(model: nn.Module, pruner, imp, name: str, data, num_batches: int,

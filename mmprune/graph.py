@@ -225,6 +225,13 @@ def _flatten_tensors(obj) -> List[torch.Tensor]:
     return out
 
 
+def _branches_on_training(cls: type) -> bool:
+    try:
+        return 'self.training' in inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return False
+
+
 def _required_args(fn) -> List[str]:
     try:
         params = inspect.signature(fn).parameters.values()
@@ -296,6 +303,15 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any],
         metas = [s.metainfo for s in batch['data_samples']]
         patch(model, '_forward', lambda inputs, data_samples=None:
               model.encode_decode(inputs, metas))
+    # mmseg parts with training-only branches (DDRNet's and PIDNet's auxiliary outputs)
+    # take them while tracing, so the layers feeding them are pruned consistently;
+    # their children (norms, dropout) stay in eval mode
+    for part in ('backbone', 'decode_head'):
+        module = getattr(model, part, None)
+        if hasattr(model, 'decode_head') and isinstance(module, nn.Module) \
+                and not module.training and _branches_on_training(type(module)):
+            module.training = True
+            patches.append((module, 'training', False))
     # RoIs are coordinates, not features: cascade heads compute a stage's RoIs from the
     # previous stage's box regression, which would couple box deltas with feature channels
     try:

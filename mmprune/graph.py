@@ -269,8 +269,21 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any],
     if rpn_head is not None and getattr(model, 'roi_head', None) is not None \
             and isinstance(rpn_head, BaseDenseHead):
 
+        host_predict = rpn_head.predict
+
         def rpn_predict(x, data_samples, rescale=False, **kwargs):
-            extra.append(rpn_head(x))
+            if type(rpn_head).forward is nn.Module.forward:  # Cascade RPN: stages, no forward
+                # its predictions are detached; the stages' own outputs are the graph
+                hooks = [m.register_forward_hook(lambda mod, i, o: extra.append(o))
+                         for m in rpn_head.children() if isinstance(m, nn.ModuleList)
+                         for m in m]
+                try:
+                    host_predict(x, data_samples, rescale=False, **kwargs)
+                finally:
+                    for h in hooks:
+                        h.remove()
+            else:
+                extra.append(rpn_head(x))
             return _fixed_proposals(data_samples)
 
         patch(rpn_head, 'predict', rpn_predict)

@@ -539,6 +539,12 @@ class _TraceMode(TorchFunctionMode):
                 self.grad_fns += [f.grad_fn for f in feats]
                 self.operands += feats
                 args = _detach_all(args)
+            elif feats and any(a.grad_fn is None and a.dim() >= 2
+                               for a in _flatten_tensors(list(args))):
+                # a feature times a constant matrix (EMANet's bases buffer) contracts its
+                # channels in a way torch-pruning cannot map: they stay
+                self.grad_fns.append(feats[0].grad_fn)
+                self.operands.append(feats[0])
         if name in _BINARY_OPS and len(args) >= 2:
             args = self._cut_broadcast(args)
         out = func(*args, **kwargs)
@@ -591,6 +597,17 @@ def _detach_all(obj):
     return obj
 
 
+def _reachable(roots: List[Any]) -> set:
+    seen, stack = set(), list(roots)
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        stack.extend(nxt for nxt, _ in getattr(fn, 'next_functions', ()))
+    return seen
+
+
 def find_output_layers(model: nn.Module, batch: Dict[str, Any],
                        forward: Callable = tensor_forward) -> Tuple[List[str], List[torch.Tensor]]:
     """Names of the layers whose output channels are model outputs.
@@ -602,12 +619,16 @@ def find_output_layers(model: nn.Module, batch: Dict[str, Any],
     """
     grad_fn_to_module: Dict[Any, nn.Module] = {}
     layer_types = _registered_types()
+    ran: Dict[nn.Module, Tuple[Any, List[Any]]] = {}  # module -> (output node, input nodes)
 
     def record(module, inputs, outputs):
         if isinstance(outputs, tuple):
             outputs = outputs[0]
-        if isinstance(outputs, torch.Tensor) and outputs.grad_fn is not None:
-            grad_fn_to_module[outputs.grad_fn] = module
+        out_fn = outputs.grad_fn if isinstance(outputs, torch.Tensor) else None
+        if out_fn is not None:
+            grad_fn_to_module[out_fn] = module
+        ran[module] = (out_fn, [t.grad_fn for t in inputs[:1]
+                                if isinstance(t, torch.Tensor) and t.grad_fn is not None])
 
     handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, layer_types)]
     kept: List[Any] = []
@@ -629,6 +650,13 @@ def find_output_layers(model: nn.Module, batch: Dict[str, Any],
                   level=logging.WARNING)
     found: Dict[str, None] = {}
     stack = [t.grad_fn for t in outputs if t.grad_fn is not None] + kept
+    # layers that ran but whose output reaches no output (it feeds a no-grad region, like
+    # EMANet's bases update) are used where the graph cannot see: they keep their
+    # channels, and so do the layers feeding them
+    reachable = _reachable(stack)
+    for out_fn, in_fns in ran.values():
+        if out_fn not in reachable:
+            stack += ([out_fn] if out_fn is not None else []) + in_fns
     seen = set()
     while stack:
         fn = stack.pop()

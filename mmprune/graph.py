@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import re
 import types
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -223,6 +224,14 @@ def _flatten_tensors(obj) -> List[torch.Tensor]:
     elif hasattr(obj, 'to_dict') and callable(obj.to_dict):  # mmengine data elements
         out.extend(_flatten_tensors(obj.to_dict()))
     return out
+
+
+def _forward_reads(cls: type) -> set:
+    """Attribute names ``forward`` reads as ``self.<name>``."""
+    try:
+        return set(re.findall(r'self\.(\w+)', inspect.getsource(cls.forward)))
+    except (OSError, TypeError):
+        return set()
 
 
 def _branches_on_training(cls: type) -> bool:
@@ -447,14 +456,14 @@ def follow_input_channels(model: nn.Module) -> Iterator[Dict[str, List[str]]]:
     recorded: set = set()
     handles = []
 
-    def hook_for(name: str):
+    def hook_for(name: str, candidates: List[str]):
         def hook(module, args):
             x = _first_tensor(args)
             if x is None or x.dim() < 2:
                 return
             if name not in recorded:
                 recorded.add(name)
-                attrs = [a for a in CHANNEL_ATTRS if getattr(module, a, None) == x.shape[1]]
+                attrs = [a for a in candidates if getattr(module, a, None) == x.shape[1]]
                 if attrs:
                     links[name] = attrs
             for attr in links.get(name, ()):
@@ -462,12 +471,13 @@ def follow_input_channels(model: nn.Module) -> Iterator[Dict[str, List[str]]]:
         return hook
 
     for name, m in model.named_modules():
-        if not any(isinstance(getattr(m, a, None), int) and not isinstance(getattr(m, a), bool)
-                   for a in CHANNEL_ATTRS):
-            continue
+        attrs = [a for a in CHANNEL_ATTRS
+                 if isinstance(getattr(m, a, None), int) and not isinstance(getattr(m, a), bool)]
         if any(isinstance(d, layer_types) for d in m.modules()):
-            continue
-        handles.append(m.register_forward_pre_hook(hook_for(name)))
+            # modules with layers: only constants their forward reads (DyReLU's split)
+            attrs = [a for a in attrs if a in _forward_reads(type(m))]
+        if attrs:
+            handles.append(m.register_forward_pre_hook(hook_for(name, attrs)))
     try:
         yield links
     finally:

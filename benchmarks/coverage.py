@@ -154,6 +154,8 @@ def run_one(config: str, ratio: float, shape) -> dict:
         clock[0] = now
         return name
 
+    from mmengine.logging import MessageHub
+    MessageHub.get_current_instance().update_info('iter', 0)  # losses with warm-up (BoxInst)
     stage = None
     stage = enter('build')
     try:
@@ -203,10 +205,11 @@ def run_one(config: str, ratio: float, shape) -> dict:
         from mmengine.registry import init_default_scope
         init_default_scope(cfg.get('default_scope', 'mmdet'))
         import copy
-        from mmprune.apis import _without_pretrained
+        from mmprune.apis import _without_pretrained, drop_aliases
         arch = _without_pretrained(copy.deepcopy(cfg.model))
         rebuilt = build_pruned_model(arch, result.structure)
-        rebuilt.load_state_dict(model.state_dict(), strict=True)
+        rebuilt.load_state_dict(drop_aliases(model.state_dict(), rebuilt.state_dict()),
+                                strict=True)
         rebuilt.eval()
         with torch.no_grad():
             again = tensor_forward(rebuilt, batch)

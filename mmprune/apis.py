@@ -88,6 +88,20 @@ def _quiet_init_weights(model: nn.Module) -> None:
         logger.setLevel(level)
 
 
+def drop_aliases(state: Dict[str, torch.Tensor], own: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """``state`` without keys the model lacks that alias one it has (same storage).
+
+    Some hosts register a module under a second name during their first forward
+    (DDQ-DETR's decoder borrows the head's branches), so a trained model's
+    state_dict has extra keys that a freshly built one does not.
+    """
+    ptrs = {(v.data_ptr(), tuple(v.shape)) for k, v in state.items()
+            if k in own and isinstance(v, torch.Tensor) and v.numel()}
+    return {k: v for k, v in state.items()
+            if k in own or not isinstance(v, torch.Tensor) or not v.numel()
+            or (v.data_ptr(), tuple(v.shape)) not in ptrs}
+
+
 def load_weights(model: nn.Module, checkpoint: str, cfg: Optional[Config] = None) -> Dict:
     """Load ``checkpoint`` into ``model`` strictly, with an error that names the mismatch."""
     ckpt = load_checkpoint_file(checkpoint)
@@ -100,6 +114,7 @@ def load_weights(model: nn.Module, checkpoint: str, cfg: Optional[Config] = None
         raise ValueError(f'{checkpoint} is a pruned checkpoint but the config builds the dense '
                          f'model; use the pruned config written beside it')
     own = model.state_dict()
+    state = drop_aliases(state, own)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]

@@ -618,6 +618,40 @@ def _reachable(roots: List[Any]) -> set:
     return seen
 
 
+def _inputs_in_predict(model: nn.Module, batch: Dict[str, Any], wanted: set,
+                       grad_fn_to_module: Dict[Any, nn.Module]) -> List[Any]:
+    """Autograd nodes of the inputs of ``wanted`` layers in one ``mode='predict'`` run."""
+    inputs: List[Any] = []
+
+    def grab(module, args):
+        inputs.extend(t.grad_fn for t in args[:1]
+                      if isinstance(t, torch.Tensor) and t.grad_fn is not None)
+
+    def record(module, args, output):
+        if isinstance(output, tuple):
+            output = output[0]
+        if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+            grad_fn_to_module[output.grad_fn] = module
+
+    layer_types = _registered_types()
+    handles = [m.register_forward_pre_hook(grab) for m in wanted]
+    before = dict(grad_fn_to_module)
+    handles += [m.register_forward_hook(record) for m in model.modules()
+                if isinstance(m, layer_types) and m not in wanted]
+    try:
+        model(batch['inputs'], batch['data_samples'], mode='predict')
+    except Exception as e:  # noqa: BLE001 - only a hint; the untraced layers stay listed
+        print_log(f'[mmprune] predict failed while looking for untraced layers: {e}',
+                  logger='current', level=logging.WARNING)
+        grad_fn_to_module.clear()
+        grad_fn_to_module.update(before)
+        return []
+    finally:
+        for h in handles:
+            h.remove()
+    return inputs
+
+
 def find_output_layers(model: nn.Module, batch: Dict[str, Any],
                        forward: Callable = tensor_forward) -> Tuple[List[str], List[torch.Tensor]]:
     """Names of the layers whose output channels are model outputs.
@@ -648,12 +682,21 @@ def find_output_layers(model: nn.Module, batch: Dict[str, Any],
         for h in handles:
             h.remove()
     names = {m: n for n, m in model.named_modules()}
+    named = {n: m for m, n in names.items()}
     traced = set(grad_fn_to_module.values())
     offsets = {id(m.conv_offset) for m in model.modules()
                if pruner_of(m) is not None and hasattr(m, 'conv_offset')}
     untraced = [n for n, m in model.named_modules()
                 if isinstance(m, layer_types) and m not in traced and id(m) not in offsets
                 and any(True for _ in m.parameters(recurse=False))]
+    if untraced:
+        # layers only the predict path runs (HTC's semantic head): the layers feeding
+        # them keep their channels, found from one predict run
+        before = len(kept)
+        kept += _inputs_in_predict(model, batch, {named[n] for n in untraced},
+                                   grad_fn_to_module)
+        if len(kept) > before:
+            untraced = [n for n in untraced if named[n] not in grad_fn_to_module.values()]
     if untraced:
         print_log(f'[mmprune] {len(untraced)} layer(s) are not reached by the traced forward '
                   f'and are left as they are: {untraced[:8]}', logger='current',

@@ -43,6 +43,7 @@ SKIPPED = {
                         'training recipe of a family tried elsewhere'),
         'timm_example': 'needs the optional timm package',
         'carafe': 'mmcv 2.1 has no CPU kernel for CARAFE (GPU only)',
+        'guided_anchoring': 'mmcv 2.1 has no CPU kernel for masked_conv2d (GPU only)',
     },
     'mmseg': {
         '_base_': 'shared fragments',

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import logging
 import os
 import pprint
@@ -26,8 +27,17 @@ def load_config(cfg: Union[str, Config, dict]) -> Config:
         return Config(copy.deepcopy(cfg))
     if isinstance(cfg, str):
         if '::' in cfg:  # a config of an installed package's zoo, e.g. 'mmdet::retinanet/x.py'
-            from mmengine.hub import get_config
-            return get_config(cfg)
+            package, rel = cfg.split('::', 1)
+            try:
+                path = os.path.join(os.path.dirname(importlib.import_module(package).__file__),
+                                    '.mim', 'configs', rel)
+            except ImportError as e:
+                raise FileNotFoundError(f'config {cfg}: package {package!r} is not installed') \
+                    from e
+            if not os.path.isfile(path):  # mmengine's parser rejects folders like 'gn+ws'
+                from mmengine.hub import get_config
+                return get_config(cfg)
+            return Config.fromfile(path)
         if not os.path.isfile(cfg):
             raise FileNotFoundError(f'config not found: {cfg}')
         return Config.fromfile(cfg)

@@ -474,8 +474,9 @@ def follow_input_channels(model: nn.Module) -> Iterator[Dict[str, List[str]]]:
         attrs = [a for a in CHANNEL_ATTRS
                  if isinstance(getattr(m, a, None), int) and not isinstance(getattr(m, a), bool)]
         if any(isinstance(d, layer_types) for d in m.modules()):
-            # modules with layers: only constants their forward reads (DyReLU's split)
-            attrs = [a for a in attrs if a in _forward_reads(type(m))]
+            # modules with layers: only a ``channels`` their forward reads (DyReLU's split);
+            # their in/out_channels often describe a layer's output instead (GRoIE)
+            attrs = [a for a in attrs if a == 'channels' and a in _forward_reads(type(m))]
         if attrs:
             handles.append(m.register_forward_pre_hook(hook_for(name, attrs)))
     try:

@@ -58,6 +58,17 @@ PREFERRED = {'cascade_rpn': 'cascade-rpn_faster-rcnn_r50-caffe_fpn_1x_coco.py', 
              'dcn': 'faster-rcnn_r50-dconv-c3-c5_fpn_1x_coco.py',
              'dcnv2': 'faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py'}
 
+def _commit() -> str | None:
+    git = ['git', '-C', ROOT]
+    head = subprocess.run(git + ['rev-parse', '--short', 'HEAD'], capture_output=True,
+                          text=True).stdout.strip()
+    dirty = subprocess.run(git + ['status', '--porcelain', '--untracked-files=no'],
+                           capture_output=True, text=True).stdout.strip()
+    return (head + ('-dirty' if dirty else '')) or None
+
+
+COMMIT = _commit()
+
 STAGES = ('build', 'dense', 'prune', 'tensor', 'loss', 'predict', 'reload')
 
 
@@ -257,12 +268,12 @@ def main() -> None:
             done[(r['codebase'], r['family'])] = r
     for codebase in args.codebase:
         for fam, config, skip in families(codebase):
+            if (codebase, fam) in done and not (args.families and fam in args.families):
+                records.append(done[(codebase, fam)])  # kept from the earlier run
+                continue
             if args.families and fam not in args.families:
                 continue
-            if (codebase, fam) in done and not args.families:
-                records.append(done[(codebase, fam)])
-                continue
-            rec = dict(codebase=codebase, family=fam, config=config)
+            rec = dict(codebase=codebase, family=fam, config=config, commit=COMMIT)
             if skip:
                 rec.update(skipped=skip)
             else:

@@ -433,13 +433,16 @@ def _search_flops(run: Callable[..., int], restore: Callable[[], None], model: n
 
 @contextlib.contextmanager
 def _concat_sizes_guard():
-    """Two fixes to torch-pruning 1.6.1's concat index mapping.
+    """Three fixes to torch-pruning 1.6.1's concat index mapping.
 
     * A concat that also takes untraced tensors (CGNet concatenates the
       down-sampled image) has fewer graph inputs than pieces, so torch-pruning's
       offsets are wrong and it drops the mapping (indices then pass through
       unshifted and prune the wrong channels). The layout recorded while tracing
       (``graph.CONCAT_LAYOUT``) gives each traced input its true offset.
+    * It turns the mapping off for every concat downstream of a ViT's position
+      embedding (its fix for the class-token concat), including the decode
+      head's channel concats, which then prune the wrong channels.
     * It sums a concat's input sizes before checking them for None (an input
       whose channels it cannot infer) and raises TypeError; its own next step
       gives up the index mapping in that case, which is what this does.
@@ -449,6 +452,10 @@ def _concat_sizes_guard():
 
     def guarded(graph, node):
         pieces = CONCAT_LAYOUT.get(node.grad_fn)
+        if pieces is not None:
+            # torch-pruning turns the mapping off for every concat downstream of a 3-D
+            # parameter (a ViT's position embedding); a 4-D channel concat needs it
+            node.enable_index_mapping = True
         if pieces is not None and sum(t for t, _ in pieces) == len(node.inputs) \
                 and node.enable_index_mapping:
             from torch_pruning.dependency.shape_infer import infer_channels_between

@@ -561,6 +561,12 @@ class _TraceMode(TorchFunctionMode):
         out = func(*args, **kwargs)
         if name in _CAT_OPS and isinstance(out, torch.Tensor) and out.grad_fn is not None:
             _record_concat(out, args, kwargs)
+        if name in ('reshape', 'view') and isinstance(out, torch.Tensor) and args \
+                and isinstance(args[0], torch.Tensor) and args[0].grad_fn is not None \
+                and args[0].dim() == 3 and out.dim() == 4:
+            # tokens back to maps, often with a shape taken from elsewhere (DPT's
+            # reassemble blocks): the channels stay
+            self.grad_fns.append(args[0].grad_fn)
         if name in _BINARY_OPS and len(args) >= 2 and isinstance(out, torch.Tensor) \
                 and out.grad_fn is not None:
             a, b = args[0], args[1]

@@ -172,6 +172,12 @@ def run_one(config: str, ratio: float, shape) -> dict:
     stage = enter('build')
     try:
         cfg = mmprune.apis.load_config(config)
+        if cfg.model.get('teacher_config'):  # distillation: teacher from the same zoo, no download
+            teacher = cfg.model.teacher_config
+            if isinstance(teacher, str) and teacher.startswith('configs/'):
+                cfg.model.teacher_config = os.path.join(config_root(config.split('::')[0]),
+                                                        teacher[len('configs/'):])
+            cfg.model.teacher_ckpt = None
         backbone = cfg.model.get('backbone') or {}
         if 'img_size' in backbone:  # ViTs: position embeddings at the small test size
             backbone['img_size'] = tuple(shape) if not isinstance(backbone['img_size'], int) \

@@ -55,6 +55,7 @@ SKIPPED = {
 
 #: the family's own idea where the plainest name would pick something else
 PREFERRED = {'cascade_rpn': 'cascade-rpn_faster-rcnn_r50-caffe_fpn_1x_coco.py',  # the RPN-only one does not build
+             'nas_fpn': 'retinanet_r50_nasfpn_crop640-50e_coco.py',  # not the plain baseline
              'dcn': 'faster-rcnn_r50-dconv-c3-c5_fpn_1x_coco.py',
              'dcnv2': 'faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py'}
 

@@ -27,8 +27,8 @@ fi
 pip install -q mmengine==0.10.7 mmdet==3.3.0 mmsegmentation==1.2.2 torch-pruning==1.6.1 \
   ftfy regex pytest onnx onnxruntime
 # what some zoo families import: mmpretrain (ConvNeXt / PoolFormer backbones of mmdet and
-# mmseg configs), scikit-image (BoxInst); benchmarks/coverage.py tries those families
-pip install -q mmpretrain==1.2.0 scikit-image
+# mmseg configs), scikit-image (BoxInst), scikit-learn (PAA); benchmarks/coverage.py tries them
+pip install -q mmpretrain==1.2.0 scikit-image scikit-learn
 pip install -q --no-build-isolation --no-deps -e .
 python -c "import mmprune, mmcv.ops, mmdet, mmseg; print('[setup] mmprune', mmprune.__version__, 'ready')"
 echo "$want" > "$stamp"

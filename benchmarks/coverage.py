@@ -4,12 +4,15 @@
                                   [--ratio 0.3] [--out work_dirs/coverage.json]
 
 For each family (a folder of the installed host's config zoo) one config is
-built with random init (nothing is downloaded) and, in a subprocess with a
-timeout: the dense model runs tensor, loss and predict (else the failure is the
+built with random init (nothing is downloaded; ViT backbones get ``img_size`` =
+the test size, distillation teachers are built from the zoo without weights)
+and, in a subprocess with a timeout: the dense model runs tensor, loss and predict (else the failure is the
 host's); ``mmprune.prune`` removes 30 % of the channels with l2; the pruned
 model must keep its tensor-output shapes, run loss + backward on 2 images, run
 predict, and be rebuilt from its structure (``mmprune.PrunedModel``) with the
-same outputs. Prints a table and writes JSON.
+same outputs. The input is 256x256 unless the dense model fails there, then
+the config's own crop or test size. Prints a table and writes JSON; each
+record names the commit that produced it.
 """
 from __future__ import annotations
 

@@ -349,8 +349,8 @@ def row(r: dict) -> str:
 
 
 def markdown(records: list) -> str:
-    lines = ['| codebase | family | config | result | params (M) | FLOPs (G MACs) | reason |',
-             '|---|---|---|---|---|---|---|']
+    lines = ['| codebase | family | config | result | params (M) | FLOPs (G MACs) | reason | commit |',
+             '|---|---|---|---|---|---|---|---|']
     for r in records:
         if r.get('skipped'):
             continue
@@ -366,7 +366,7 @@ def markdown(records: list) -> str:
             status = f"fails at {r['stage']}"
         reason = (r.get('reason') or '').replace('|', '/').replace('\n', ' ')[:140]
         lines.append(f"| {r['codebase']} | {r['family']} | `{_short(r.get('config'))}` | "
-                     f"{status} | {sizes[0]} | {sizes[1]} | {reason} |")
+                     f"{status} | {sizes[0]} | {sizes[1]} | {reason} | {r.get('commit') or '-'} |")
     lines.append('')
     for cb, t in totals(records).items():
         lines.append(f"- {cb}: {t['passed']}/{t['tried']} families tried pass every stage; "

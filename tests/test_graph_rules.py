@@ -1,0 +1,104 @@
+"""Patterns that broke zoo families, packed into one small segmentor.
+
+``QuirkyNet`` has a concat whose first piece is untraced (CGNet concatenates
+the down-sampled image), a one-channel gate broadcast over a wide feature
+(PIDNet's boundary attention), a layer whose output feeds a no-grad region and
+is contracted with a constant matrix (EMANet's bases), and a grouped conv that
+is not depthwise (ResNeSt, BiSeNetV2). Pruning must leave the channels the
+rules keep, still prune the rest, and give a model that runs every mode and
+rebuilds from its structure. (The zoo families themselves are exercised by
+``benchmarks/coverage.py``; this toy does not trigger every torch-pruning bug
+the rules work around.)
+"""
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+from mmengine.config import Config
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS as SEG_MODELS
+
+import mmprune
+from mmprune.graph import make_batch, tensor_forward
+from mmprune.models import build_pruned_model
+
+BN = dict(type='BN')
+
+
+@SEG_MODELS.register_module(force=True)
+class QuirkyNet(BaseModule):
+
+    def __init__(self):
+        super().__init__()
+        self.stem = ConvModule(3, 16, 3, stride=2, padding=1, norm_cfg=BN)
+        self.body = ConvModule(16 + 3, 32, 3, padding=1, norm_cfg=BN)
+        self.gate = ConvModule(32, 1, 1, norm_cfg=BN, act_cfg=None)
+        self.side = ConvModule(32, 32, 1, norm_cfg=BN)
+        self.mid = nn.Conv2d(32, 32, 1)
+        self.register_buffer('bases', torch.randn(1, 32, 4))
+        self.grouped = nn.Conv2d(32, 64, 3, padding=1, groups=2)
+        self.out = ConvModule(64, 32, 1, norm_cfg=BN)
+
+    def forward(self, x):
+        image = F.avg_pool2d(x, 2)  # untraced: no layer defines its channels
+        stem = self.stem(x)
+        f = self.body(torch.cat([image, stem], 1))
+        gate = torch.sigmoid(self.gate(f))  # one channel broadcast over 32
+        f = gate * f + (1 - gate) * self.side(f)
+        m = self.mid(f)
+        bases = self.bases.expand(m.shape[0], -1, -1)
+        with torch.no_grad():  # mid's output only feeds this region
+            att = torch.einsum('bchw,bck->bkhw', m, bases).softmax(1)
+        f = f + torch.einsum('bkhw,bck->bchw', att, bases)
+        f = f + torch.einsum('bchw,bck->bkhw', f, bases).mean(1, keepdim=True)
+        return (self.out(self.grouped(f)),)
+
+
+def _cfg():
+    return Config(dict(
+        default_scope='mmseg',
+        model=dict(
+            type='EncoderDecoder',
+            data_preprocessor=dict(type='SegDataPreProcessor', mean=[123.7, 116.3, 103.5],
+                                   std=[58.4, 57.1, 57.4], bgr_to_rgb=True, size=(64, 64)),
+            backbone=dict(type='QuirkyNet'),
+            decode_head=dict(type='FCNHead', in_channels=32, channels=16, num_convs=1,
+                             concat_input=False, num_classes=3, norm_cfg=BN),
+            train_cfg=dict(), test_cfg=dict(mode='whole'))))
+
+
+def test_quirky_patterns_prune_into_a_working_model():
+    torch.manual_seed(0)
+    model, cfg = mmprune.build_model(_cfg())
+    batch = make_batch(model, cfg, (64, 64))
+    model.eval()
+    with torch.no_grad():
+        dense = [o.shape for o in tensor_forward(model, batch)]
+    result = mmprune.prune(model, 0.5, cfg=cfg, input_shape=(64, 64))
+    bb = model.backbone
+    assert bb.stem.conv.out_channels < 16 and bb.body.conv.in_channels == bb.stem.conv.out_channels + 3
+    assert bb.gate.conv.out_channels == 1
+    # the grouped conv keeps both sides, and so does what feeds the no-grad region
+    assert (bb.grouped.in_channels, bb.grouped.out_channels) == (32, 64)
+    assert bb.mid.out_channels == 32 and 'backbone.mid' in result.output_layers
+    assert model.decode_head.convs[0].conv.out_channels < 16  # the head is still pruned
+
+    model.eval()
+    with torch.no_grad():
+        assert [o.shape for o in tensor_forward(model, batch)] == dense
+        model(batch['inputs'], batch['data_samples'], mode='predict')
+    model.train()
+    train_batch = make_batch(model, cfg, (64, 64), batch_size=2, training=True)
+    loss, _ = model.parse_losses(model(train_batch['inputs'], train_batch['data_samples'],
+                                       mode='loss'))
+    loss.backward()
+
+    rebuilt = build_pruned_model(copy.deepcopy(cfg.model), result.structure)
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    model.eval()
+    rebuilt.eval()
+    with torch.no_grad():
+        for a, b in zip(tensor_forward(model, batch), tensor_forward(rebuilt, batch)):
+            assert torch.allclose(a, b, atol=1e-6)

@@ -45,14 +45,16 @@ def load_config(cfg: Union[str, Config, dict]) -> Config:
 
 
 def _without_pretrained(model_cfg: Any) -> Any:
-    """Drop pretrained-weight downloads (``init_cfg=Pretrained``, ``pretrained=``)."""
+    """Drop pretrained-weight downloads (``init_cfg=Pretrained`` or a bare
+    ``init_cfg=dict(checkpoint=...)``, ``pretrained=``)."""
     if isinstance(model_cfg, dict):
         out = type(model_cfg)()
         for k, v in model_cfg.items():
             if k == 'pretrained' and isinstance(v, str):
                 out[k] = None
-            elif k == 'init_cfg' and isinstance(v, dict) and v.get('type') == 'Pretrained':
-                out[k] = None
+            elif k == 'init_cfg' and isinstance(v, dict) and (
+                    v.get('type') == 'Pretrained' or (v.get('type') is None and v.get('checkpoint'))):
+                out[k] = None  # the second form: PVT's backbone reads init_cfg['checkpoint']
             else:
                 out[k] = _without_pretrained(v)
         return out

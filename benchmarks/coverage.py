@@ -171,7 +171,8 @@ def run_one(config: str, ratio: float, shape) -> dict:
         return name
 
     from mmengine.logging import MessageHub
-    MessageHub.get_current_instance().update_info('iter', 0)  # losses with warm-up (BoxInst)
+    for key in ('iter', 'epoch'):  # losses with warm-up read them (BoxInst, TOOD)
+        MessageHub.get_current_instance().update_info(key, 0)
     stage = None
     stage = enter('build')
     try:

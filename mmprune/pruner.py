@@ -220,8 +220,9 @@ def _check_loss(model: nn.Module, cfg, batch: Dict[str, Any], seed: int) -> None
 def _loss(model: nn.Module, batch: Dict[str, Any]) -> torch.Tensor:
     from mmengine.logging import MessageHub
     hub = MessageHub.get_current_instance()
-    if hub.get_info('iter') is None:  # outside a runner: losses with warm-up read it (BoxInst)
-        hub.update_info('iter', 0)
+    for key in ('iter', 'epoch'):  # outside a runner: losses with warm-up read them (BoxInst, TOOD)
+        if hub.get_info(key) is None:
+            hub.update_info(key, 0)
     losses = model(batch['inputs'], batch['data_samples'], mode='loss')
     loss, _ = model.parse_losses(losses)
     return loss

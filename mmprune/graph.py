@@ -17,6 +17,7 @@ graph back from the outputs and are never pruned.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import re
@@ -226,19 +227,22 @@ def _flatten_tensors(obj) -> List[torch.Tensor]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _forward_source(cls: type) -> str:
+    """Source of ``cls.forward`` (read once per class), or '' when unavailable."""
+    try:
+        return inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return ''
+
+
 def _forward_reads(cls: type) -> set:
     """Attribute names ``forward`` reads as ``self.<name>``."""
-    try:
-        return set(re.findall(r'self\.(\w+)', inspect.getsource(cls.forward)))
-    except (OSError, TypeError):
-        return set()
+    return set(re.findall(r'self\.(\w+)', _forward_source(cls)))
 
 
 def _branches_on_training(cls: type) -> bool:
-    try:
-        return 'self.training' in inspect.getsource(cls.forward)
-    except (OSError, TypeError):
-        return False
+    return 'self.training' in _forward_source(cls)
 
 
 def _required_args(fn) -> List[str]:
@@ -283,9 +287,10 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any],
         def rpn_predict(x, data_samples, rescale=False, **kwargs):
             if type(rpn_head).forward is nn.Module.forward:  # Cascade RPN: stages, no forward
                 # its predictions are detached; the stages' own outputs are the graph
-                hooks = [m.register_forward_hook(lambda mod, i, o: extra.append(o))
-                         for m in rpn_head.children() if isinstance(m, nn.ModuleList)
-                         for m in m]
+                stages = [stage for child in rpn_head.children()
+                          if isinstance(child, nn.ModuleList) for stage in child]
+                hooks = [stage.register_forward_hook(lambda mod, i, o: extra.append(o))
+                         for stage in stages]
                 try:
                     host_predict(x, data_samples, rescale=False, **kwargs)
                 finally:

@@ -86,8 +86,32 @@ def _config_input_shape(cfg) -> Optional[Tuple[int, int]]:
     return None
 
 
+def _config_loads_masks(cfg) -> bool:
+    """Whether the config's train pipeline loads instance masks.
+
+    Box-only detectors that check ``'masks' in gt_instances`` (RTMDet's
+    assigner) expect tensors there, so fake masks are only added where the
+    real pipeline would add them; without a pipeline they are added.
+    """
+    if cfg is None:
+        return True
+    pipelines = []
+    loader = cfg.get('train_dataloader')
+    dataset = loader.get('dataset') if loader else None
+    while isinstance(dataset, dict):  # RepeatDataset / MultiImageMixDataset wrap the real one
+        if dataset.get('pipeline'):
+            pipelines.append(dataset['pipeline'])
+        dataset = dataset.get('dataset')
+    pipelines.append(cfg.get('train_pipeline') or [])
+    steps = [s for pipeline in pipelines for s in pipeline
+             if isinstance(s, dict) and 'LoadAnnotations' in str(s.get('type', ''))]
+    if not steps:
+        return True
+    return any(s.get('with_mask', False) for s in steps)
+
+
 def _fake_sample(task: str, h: int, w: int, num_classes: int,
-                 rng: np.random.Generator) -> Dict[str, Any]:
+                 rng: np.random.Generator, with_mask: bool = True) -> Dict[str, Any]:
     img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
     results: Dict[str, Any] = dict(
         img=img, img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
@@ -117,8 +141,9 @@ def _fake_sample(task: str, h: int, w: int, num_classes: int,
         seg[b:d, a:c] = labels[i]
     results.update(
         gt_bboxes=HorizontalBoxes(boxes), gt_bboxes_labels=labels,
-        gt_ignore_flags=np.zeros(n, dtype=bool), gt_seg_map=seg,
-        gt_masks=BitmapMasks(masks, h, w))
+        gt_ignore_flags=np.zeros(n, dtype=bool), gt_seg_map=seg)
+    if with_mask:
+        results['gt_masks'] = BitmapMasks(masks, h, w)
     return results
 
 
@@ -146,7 +171,8 @@ def make_batch(model: nn.Module, cfg=None, input_shape: Optional[Sequence[int]] 
     else:
         from mmseg.datasets.transforms import PackSegInputs
         pack = PackSegInputs()
-    packed = [pack(_fake_sample(task, h, w, num_classes, rng))
+    with_mask = _config_loads_masks(cfg)
+    packed = [pack(_fake_sample(task, h, w, num_classes, rng, with_mask))
               for _ in range(batch_size)]
     if task == 'det' and getattr(model, 'roi_head', None) is not None \
             and getattr(model, 'rpn_head', None) is None:  # Fast R-CNN reads proposals

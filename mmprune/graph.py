@@ -528,6 +528,9 @@ def _channel_dim(t: torch.Tensor) -> int:
 
 _PRODUCT_OPS = {'matmul', '__matmul__', '__rmatmul__', 'bmm', 'einsum', 'baddbmm'}
 _CAT_OPS = {'cat', 'concat', 'concatenate'}
+_DATA_OPS = {'clone', 'detach', 'reshape', 'view', 'permute', 'transpose', 'flatten',
+             '__getitem__', 'repeat', 'expand', 'unsqueeze', 'squeeze', 'einsum', 'matmul', 'bmm'}
+_SPLIT_OPS = {'split', 'split_with_sizes', 'chunk', 'tensor_split'}
 
 #: channel concats of the last traced forward: autograd node -> its pieces in order,
 #: (traced, channels when traced); see pruner._concat_sizes_guard
@@ -557,10 +560,19 @@ class _TraceMode(TorchFunctionMode):
         self.operands: List[torch.Tensor] = []
         self._inside_mha = 0
         self._handles = []
+        self._weights = {}  # id(weight) -> its conv / linear layer
+        self._io: Dict[nn.Module, List[Any]] = {}  # layer -> grad_fns of its last input/output
+        self.weight_readers: set = set()
+        self._active: set = set()  # layers inside their own forward (ConvWS reads its weight)
         for m in model.modules():
             if isinstance(m, nn.MultiheadAttention):
                 self._handles.append(m.register_forward_pre_hook(self._enter))
                 self._handles.append(m.register_forward_hook(self._leave))
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) \
+                    and isinstance(getattr(m, 'weight', None), torch.Tensor):
+                self._weights[id(m.weight)] = m
+                self._handles.append(m.register_forward_pre_hook(self._start))
+                self._handles.append(m.register_forward_hook(self._record_io))
 
     def _enter(self, *args):
         self._inside_mha += 1
@@ -568,13 +580,30 @@ class _TraceMode(TorchFunctionMode):
     def _leave(self, *args):
         self._inside_mha -= 1
 
+    def _start(self, module, inputs):
+        self._active.add(module)
+
+    def _record_io(self, module, inputs, output):
+        self._active.discard(module)
+        self._io[module] = [t.grad_fn for t in (_first_tensor(inputs), _first_tensor(output))
+                            if t is not None and t.grad_fn is not None]
+
     def close(self) -> None:
+        """Remove the hooks; layers whose weight was read as data keep both sides."""
         for h in self._handles:
             h.remove()
+        for m in self.weight_readers:
+            self.grad_fns += self._io.get(m, [])
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, '__name__', '')
+        if name in _DATA_OPS:
+            # a layer's weight used as a feature (KNet turns the FCN head's classifier
+            # into its first kernels): that layer's channels are fixed on both sides
+            self.weight_readers.update(
+                self._weights[id(a)] for a in _flatten_tensors(list(args))
+                if id(a) in self._weights and self._weights[id(a)] not in self._active)
         if name in _PRODUCT_OPS and not self._inside_mha:
             feats = [a for a in _flatten_tensors(list(args)) if a.grad_fn is not None]
             if len(feats) >= 2:
@@ -590,6 +619,20 @@ class _TraceMode(TorchFunctionMode):
         if name in _BINARY_OPS and len(args) >= 2:
             args = self._cut_broadcast(args)
         out = func(*args, **kwargs)
+        if name in _SPLIT_OPS and args and isinstance(args[0], torch.Tensor) \
+                and args[0].dim() == 4 and args[0].grad_fn is not None \
+                and kwargs.get('dim', args[2] if len(args) > 2 else 0) in (1, -3) \
+                and isinstance(out, (tuple, list)) and len(out) > 1:
+            # channel chunks (Res2Net's hierarchical convs): torch-pruning 1.6.1 maps their
+            # index ranges out of bounds once a chunk meets a concat or another chunk's
+            # branch, so the split feature keeps its channels (the branches still prune)
+            self.grad_fns.append(args[0].grad_fn)
+        if name == '__getitem__' and len(args) == 2 and isinstance(args[0], torch.Tensor) \
+                and args[0].grad_fn is not None and _slices_channels(args[0], args[1]):
+            # a channel range of a feature (dynamic convs cut one Linear's output into
+            # weights: KNet, Sparse R-CNN): torch-pruning 1.6.1 maps a negative or
+            # offset range out of bounds, so the feature keeps its channels
+            self.grad_fns.append(args[0].grad_fn)
         if name in _CAT_OPS and isinstance(out, torch.Tensor) and out.grad_fn is not None:
             _record_concat(out, args, kwargs)
         if name in ('reshape', 'view') and isinstance(out, torch.Tensor) and args \
@@ -626,6 +669,21 @@ class _TraceMode(TorchFunctionMode):
         args = list(args)
         args[narrow] = args[narrow].detach()
         return tuple(args)
+
+
+def _slices_channels(t: torch.Tensor, index) -> bool:
+    """Whether ``t[index]`` takes part of the channel dimension with a slice."""
+    index = index if isinstance(index, tuple) else (index,)
+    if any(i is None for i in index) or t.dim() < 2:
+        return False
+    if any(i is Ellipsis for i in index):
+        k = index.index(Ellipsis)
+        index = index[:k] + (slice(None),) * (t.dim() - len(index) + 1) + index[k + 1:]
+    dim = _channel_dim(t)
+    if dim >= len(index) or not isinstance(index[dim], slice):
+        return False
+    start, stop, step = index[dim].indices(t.shape[dim])
+    return (start, stop, step) != (0, t.shape[dim], 1)
 
 
 def _record_concat(out: torch.Tensor, args, kwargs) -> None:

@@ -434,7 +434,7 @@ def _search_flops(run: Callable[..., int], restore: Callable[[], None], model: n
 
 @contextlib.contextmanager
 def _concat_sizes_guard():
-    """Three fixes to torch-pruning 1.6.1's concat index mapping.
+    """Five fixes to torch-pruning 1.6.1's concat and reshape index mapping.
 
     * A concat that also takes untraced tensors (CGNet concatenates the
       down-sampled image) has fewer graph inputs than pieces, so torch-pruning's
@@ -447,6 +447,18 @@ def _concat_sizes_guard():
     * It sums a concat's input sizes before checking them for None (an input
       whose channels it cannot infer) and raises TypeError; its own next step
       gives up the index mapping in that case, which is what this does.
+    * Its channel inference indexes a split's sizes by the position of a
+      consumer among the split's consumers, which overflows when one chunk feeds
+      several ops (Sparse R-CNN's dynamic convs) and raises IndexError; the
+      channels are then unknown (None), and it gives up that concat's or
+      reshape's mapping as it does for any unknown size.
+    * It reads a reshape's input size from ``grad_fn._saved_self_sizes``, which
+      torch >= 2.x names ``_saved_self_sym_sizes``; it then falls back to a
+      model-wide switch that any ``nn.Linear`` with 3-D output turns off, so a
+      Swin or PVT backbone loses the flatten mapping of every RoI head (the
+      first FC layer then keeps the wrong inputs). The size is read under its
+      new name and its checks applied: 2-D/4-D inputs only, and C*H*W must be
+      the next layer's input width.
     """
     from torch_pruning.dependency import index_mapping
     original = index_mapping.update_concat_index_mapping
@@ -486,11 +498,44 @@ def _concat_sizes_guard():
                 return None
             raise
 
+    from torch_pruning.dependency import shape_infer
+    original_infer = shape_infer.infer_out_channels_recursively
+
+    def guarded_infer(graph, node, recursive_depth):
+        try:
+            return original_infer(graph, node, recursive_depth)
+        except IndexError:
+            return None
+
+    original_reshape = index_mapping.update_reshape_index_mapping
+
+    def guarded_reshape(graph, node):
+        size = getattr(node.grad_fn, '_saved_self_sym_sizes', None)
+        if size is None or hasattr(node.grad_fn, '_saved_self_sizes'):
+            return original_reshape(graph, node)
+        if len(size) not in (1, 4):
+            return None
+        if len(size) == 4:
+            widths = [shape_infer.infer_in_channels_recursively(graph, n, [0])
+                      for n in node.outputs]
+            if int(size[1]) * int(size[2]) * int(size[3]) not in widths:
+                return None
+        switch = graph._2d_4d
+        graph._2d_4d = True
+        try:
+            return original_reshape(graph, node)
+        finally:
+            graph._2d_4d = switch
+
     index_mapping.update_concat_index_mapping = guarded
+    index_mapping.update_reshape_index_mapping = guarded_reshape
+    shape_infer.infer_out_channels_recursively = guarded_infer
     try:
         yield
     finally:
         index_mapping.update_concat_index_mapping = original
+        index_mapping.update_reshape_index_mapping = original_reshape
+        shape_infer.infer_out_channels_recursively = original_infer
 
 
 def _prune_steps(model: nn.Module, batch: Dict[str, Any], importance, ratio: float,

@@ -102,3 +102,62 @@ def test_quirky_patterns_prune_into_a_working_model():
     with torch.no_grad():
         for a, b in zip(tensor_forward(model, batch), tensor_forward(rebuilt, batch)):
             assert torch.allclose(a, b, atol=1e-6)
+
+
+@SEG_MODELS.register_module(force=True)
+class ChunkyNet(BaseModule):
+    """Channel chunks mixed across branches (Res2Net), a flatten into a Linear
+    in a model that also has token Linears (Swin + RoI head), a Linear's output
+    cut into ranges (KNet's and Sparse R-CNN's dynamic convs) and a layer's
+    weight read as a feature (KNet's first kernels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = ConvModule(3, 16, 3, stride=2, padding=1, norm_cfg=BN)
+        self.conv1 = ConvModule(16, 24, 1, norm_cfg=BN)
+        self.convs = nn.ModuleList([nn.Conv2d(8, 8, 3, padding=1) for _ in range(2)])
+        self.conv3 = ConvModule(24, 32, 1, norm_cfg=BN)
+        self.tokens = nn.Linear(32, 32)
+        self.pre = nn.Conv2d(32, 16, 1)
+        self.fc = nn.Linear(16 * 4, 32)
+        self.dynamic = nn.Linear(32, 64)
+        self.cls = nn.Conv2d(32, 32, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        spx = torch.split(self.conv1(x), 8, 1)
+        sp = self.convs[0](spx[0])
+        out = [sp]
+        sp = self.convs[1](sp + spx[1])
+        f = self.conv3(torch.cat(out + [sp, spx[2]], 1))
+        b, c, h, w = f.shape
+        t = self.tokens(f.flatten(2).transpose(1, 2))  # a Linear with 3-D output
+        f = f + t.transpose(1, 2).reshape(b, c, h, w)
+        v = self.fc(torch.flatten(F.adaptive_avg_pool2d(self.pre(f), 2), 1))
+        params = self.dynamic(v)
+        scale, shift = params[:, :32], params[:, -32:]
+        f = f * scale[:, :, None, None].sigmoid() + shift[:, :, None, None]
+        kernels = self.cls.weight.clone()
+        return (F.conv2d(f, kernels) + self.cls(f),)
+
+
+def test_chunks_flatten_ranges_and_weights_as_features():
+    torch.manual_seed(0)
+    cfg = _cfg()
+    cfg.model.backbone = dict(type='ChunkyNet')
+    model, cfg = mmprune.build_model(cfg)
+    batch = make_batch(model, cfg, (64, 64))
+    model.eval()
+    with torch.no_grad():
+        dense = [o.shape for o in tensor_forward(model, batch)]
+    mmprune.prune(model, 0.5, cfg=cfg, input_shape=(64, 64))
+    bb = model.backbone
+    assert bb.conv1.conv.out_channels == 24  # the chunked feature keeps its width
+    assert bb.conv3.conv.in_channels == 16 + bb.convs[1].out_channels
+    assert bb.pre.out_channels < 16 and bb.fc.in_features == 4 * bb.pre.out_channels
+    assert bb.dynamic.out_features == 64
+    assert (bb.cls.in_channels, bb.cls.out_channels) == (32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert [o.shape for o in tensor_forward(model, batch)] == dense
+        model(batch['inputs'], batch['data_samples'], mode='predict')

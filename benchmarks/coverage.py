@@ -57,6 +57,24 @@ SKIPPED = {
 }
 
 #: the family's own idea where the plainest name would pick something else
+#: host failures of the dense model traced to a known upstream cause: reason text -> note
+HOST_BUGS = {
+    "'SSDHead' object has no attribute 'loss_cls'":
+        'mmdet 3.3.0 bug: SSDHead never builds loss_cls, which predict reads '
+        '(open-mmlab/mmdetection#11780, fix in unmerged PR #11524)',
+    'upper bound and lower bound inconsistent with step sign':
+        ("random weights: the untrained box head puts boxes wholly outside the image, where "
+         "mmdet's CPU mask paste (skip_empty) builds an empty, reversed range"),
+}
+
+
+def host_note(r: dict) -> str:
+    """The known upstream cause of a host failure, or ''."""
+    if r.get('stage') not in ('build', 'dense'):
+        return ''
+    return next((note for key, note in HOST_BUGS.items() if key in (r.get('reason') or '')), '')
+
+
 PREFERRED = {'cascade_rpn': 'cascade-rpn_faster-rcnn_r50-caffe_fpn_1x_coco.py',  # the RPN-only one does not build
              'nas_fpn': 'retinanet_r50_nasfpn_crop640-50e_coco.py',  # not the plain baseline
              'dcn': 'faster-rcnn_r50-dconv-c3-c5_fpn_1x_coco.py',
@@ -366,6 +384,8 @@ def markdown(records: list) -> str:
         else:
             status = f"fails at {r['stage']}"
         reason = (r.get('reason') or '').replace('|', '/').replace('\n', ' ')[:140]
+        if host_note(r):
+            reason = f'{reason} — {host_note(r)}'
         lines.append(f"| {r['codebase']} | {r['family']} | `{_short(r.get('config'))}` | "
                      f"{status} | {sizes[0]} | {sizes[1]} | {reason} | {r.get('commit') or '-'} |")
     lines.append('')

@@ -7,6 +7,10 @@ from .structure import apply_structure, kept_channels, structure_hash
 
 __version__ = '0.1.0'
 
+# Runner checkpoints (of hook runs too) load under torch's weights_only=True default
+# wherever a config names an mmprune type, e.g. init_detector(pruned config, checkpoint)
+allow_mmengine_types()
+
 __all__ = ['prune', 'PruneResult', 'count_flops_params', 'build_model', 'load_pruned',
            'save_pruned', 'build_pruned_model', 'apply_structure', 'kept_channels',
            'structure_hash', 'allow_mmengine_types', '__version__']

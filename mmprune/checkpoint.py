@@ -29,8 +29,29 @@ def _safe_types() -> list:
     return types
 
 
+def _history_state(self) -> dict:
+    """``HistoryBuffer.__getstate__`` without the statistics functions.
+
+    mmengine pickles its class-level table of statistics functions into every
+    buffer, as ``getattr(HistoryBuffer, 'min')``, which ``weights_only=True``
+    refuses (allowing ``getattr`` would open every attribute of every allowed
+    type). ``__setstate__`` restores the table from the class, so a checkpoint
+    needs none of it.
+    """
+    state = dict(self.__dict__)
+    state.pop('statistics_methods', None)
+    return state
+
+
 def allow_mmengine_types() -> None:
-    """Let ``torch.load(weights_only=True)`` read mmengine Runner checkpoints."""
+    """Let ``torch.load(weights_only=True)`` read mmengine Runner checkpoints.
+
+    Adds mmengine's few data types to torch's allow-list, and makes the
+    checkpoints saved from then on free of pickled functions (see
+    :func:`_history_state`).
+    """
+    from mmengine.logging import HistoryBuffer
+    HistoryBuffer.__getstate__ = _history_state
     add = getattr(torch.serialization, 'add_safe_globals', None)
     if add is not None:
         add(_safe_types())

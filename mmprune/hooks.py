@@ -1,0 +1,318 @@
+"""``mmprune.PruningHook``: prune while an mmengine Runner trains.
+
+One line in a config::
+
+    custom_hooks = [dict(type='mmprune.PruningHook', importance='l2', target_flops=0.5,
+                         begin=0, end=6, interval=1, by_epoch=True)]
+
+prunes at epochs 0, 1, ... 5, each step bringing the FLOPs closer to 50 % of
+the dense model's along a ramp, and the run goes on training the smaller
+model. After each step the optimizer points at the new parameters (their
+state sliced like the parameters), a DDP wrapper is rebuilt around the
+pruned module, an EMA copy kept by mmengine's ``EMAHook`` is resized and
+sliced the same way, and every checkpoint stores the structure so that
+``--resume`` and ``load_from`` rebuild it before weights load.
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch.nn as nn
+from mmengine.dist import (all_gather_object, broadcast, broadcast_object_list, get_dist_info,
+                           is_main_process)
+from mmengine.hooks import EMAHook, Hook
+from mmengine.model import is_model_wrapper
+
+from .checkpoint import allow_mmengine_types
+from .graph import make_batch, tracing_state
+from .importance import build_importance
+from .pruner import _check_ratio, count_flops_params, prune
+from .registry import HOOKS
+from .structure import apply_structure, is_empty, structure_hash
+from .tracking import remap_optimizer, slice_copy, slices_by_name, track_slices
+
+RAMPS = ('linear', 'cubic')
+META_KEY = 'mmprune'
+_PRUNE_OPTIONS = ('global_pruning', 'pruning_ratio_dict', 'max_pruning_ratio', 'round_to',
+                  'ignored_layers', 'iterative_steps', 'seed')
+
+
+def compose(first: Dict[str, Any], then: Dict[str, Any]) -> Dict[str, Any]:
+    """The structure of applying ``first`` and then ``then`` to a dense model."""
+    layers = {k: dict(v) for k, v in first.get('layers', {}).items()}
+    for name, attrs in then.get('layers', {}).items():
+        layers.setdefault(name, {}).update(attrs)
+    shapes = dict(first.get('shapes', {}))
+    shapes.update(then.get('shapes', {}))
+    return dict(version=then.get('version', first.get('version')), layers=layers, shapes=shapes)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if is_model_wrapper(model) else model
+
+
+def _optimizers(optim_wrapper) -> List[Any]:
+    if optim_wrapper is None or isinstance(optim_wrapper, dict):  # not built (test/val only)
+        return []
+    if hasattr(optim_wrapper, 'optim_wrappers'):  # OptimWrapperDict
+        return [w.optimizer for w in optim_wrapper.optim_wrappers.values()]
+    return [optim_wrapper.optimizer]
+
+
+@HOOKS.register_module()
+class PruningHook(Hook):
+    """Prune the model once or progressively during training.
+
+    Args:
+        importance: criterion name or dict (see :mod:`mmprune.importance`);
+            gradient criteria score on the run's own recent training batches.
+        pruning_ratio: final fraction of channels removed from each group.
+        target_flops: final FLOPs as a fraction of the dense model's (reached
+            within 2 %). Give this or ``pruning_ratio``.
+        begin: first epoch (``by_epoch``) or iteration of pruning.
+        end: steps are taken at ``begin, begin + interval, ...`` below
+            ``end``; ``None`` prunes once, at ``begin``.
+        interval: epochs/iterations between steps.
+        by_epoch: count ``begin``/``end``/``interval`` in epochs.
+        ramp: how the target approaches its final value over the steps:
+            ``'linear'``, or ``'cubic'`` (fast first, then gentle, as in
+            gradual magnitude pruning).
+        input_shape: (h, w) of the example input that traces the model and
+            counts FLOPs. Defaults to the config's test pipeline.
+        num_batches: training batches kept for gradient criteria.
+        **options: further options of :func:`mmprune.prune`
+            (``global_pruning``, ``pruning_ratio_dict``, ``max_pruning_ratio``,
+            ``round_to``, ``ignored_layers``, ``iterative_steps``, ``seed``).
+    """
+
+    priority = 'VERY_HIGH'  # its after_load_checkpoint must resize the model before EMAHook's
+
+    def __init__(self, importance: Any = 'l2', pruning_ratio: Optional[float] = None,
+                 target_flops: Optional[float] = None, begin: int = 0,
+                 end: Optional[int] = None, interval: int = 1, by_epoch: bool = True,
+                 ramp: str = 'linear', input_shape: Optional[Sequence[int]] = None,
+                 num_batches: int = 2, **options: Any) -> None:
+        unknown = sorted(set(options) - set(_PRUNE_OPTIONS))
+        if unknown:
+            raise TypeError(f'PruningHook got unknown option(s) {unknown}; '
+                            f'known: {sorted(_PRUNE_OPTIONS)}')
+        if (pruning_ratio is None) == (target_flops is None) and not options.get(
+                'pruning_ratio_dict'):
+            raise ValueError('PruningHook needs exactly one of pruning_ratio and target_flops')
+        if pruning_ratio is not None:
+            pruning_ratio = _check_ratio('pruning_ratio', pruning_ratio)
+        if target_flops is not None and (isinstance(target_flops, bool) or not isinstance(
+                target_flops, (int, float)) or not 0 < target_flops <= 1):
+            raise ValueError(f'target_flops must be a fraction in (0, 1], but got '
+                             f'{target_flops!r}')
+        if ramp not in RAMPS:
+            raise ValueError(f'ramp must be one of {RAMPS}, but got {ramp!r}')
+        for key, value in (('begin', begin), ('interval', interval)):
+            if not isinstance(value, int) or value < (1 if key == 'interval' else 0):
+                raise ValueError(f'{key} must be a {"positive" if key == "interval" else "non-negative"} '
+                                 f'int, but got {value!r}')
+        if end is not None and (not isinstance(end, int) or end <= begin):
+            raise ValueError(f'end must be an int above begin={begin}, or None, but got {end!r}')
+        build_importance(importance)  # an unknown criterion fails when the config is read
+        self.importance = importance
+        self.pruning_ratio = pruning_ratio
+        self.target_flops = target_flops
+        self.by_epoch = by_epoch
+        self.points = list(range(begin, end if end is not None else begin + 1, interval))
+        self.ramp = ramp
+        self.input_shape = input_shape
+        self.options = options
+        self.batches: collections.deque = collections.deque(maxlen=num_batches)
+        # state, saved in every checkpoint
+        self.structure: Dict[str, Any] = dict(version=1, layers={}, shapes={})
+        self.done: List[int] = []
+        self.dense: Optional[Dict[str, int]] = None
+        self.current: Optional[Dict[str, int]] = None
+        self.last_metrics: Dict[str, float] = {}
+        allow_mmengine_types()  # --resume loads the Runner's checkpoints with weights_only=True
+
+    # ---- schedule ---------------------------------------------------------------------
+    def fraction(self, k: int) -> float:
+        """Share of the final pruning reached after step ``k`` (0-based)."""
+        x = (k + 1) / len(self.points)
+        return x if self.ramp == 'linear' else 1 - (1 - x) ** 3
+
+    def step_kwargs(self, k: int) -> Dict[str, Any]:
+        """Arguments of :func:`mmprune.prune` for step ``k`` on the current model."""
+        kwargs: Dict[str, Any] = dict(importance=self.importance, **self.options)
+        if self.target_flops is not None:
+            goal = 1 - (1 - self.target_flops) * self.fraction(k)  # of the dense FLOPs
+            kwargs['target_flops'] = min(1.0, goal * self.dense['flops'] / self.current['flops'])
+        else:
+            ratio = self.pruning_ratio or 0.0
+            done = ratio * (self.fraction(k - 1) if k > 0 else 0.0)
+            goal = ratio * self.fraction(k)
+            kwargs['pruning_ratio'] = 1 - (1 - goal) / (1 - done)
+            if self.options.get('pruning_ratio_dict'):
+                kwargs['pruning_ratio_dict'] = {
+                    p: 1 - (1 - r * self.fraction(k)) / (1 - r * (self.fraction(k - 1) if k else 0))
+                    for p, r in self.options['pruning_ratio_dict'].items()}
+        return kwargs
+
+    # ---- runner events ----------------------------------------------------------------
+    def before_train(self, runner) -> None:
+        if self.dense is None:  # not restored from a checkpoint: the model is dense now
+            self.dense = self._count(runner)
+            self.current = dict(self.dense)
+            runner.logger.info(f'[mmprune] dense model: {self.dense["params"] / 1e6:.2f}M params, '
+                               f'{self.dense["flops"] / 1e9:.3f}G FLOPs; pruning at '
+                               f'{"epochs" if self.by_epoch else "iterations"} {self.points}')
+
+    def before_train_epoch(self, runner) -> None:
+        if self.by_epoch:
+            self._maybe_prune(runner, runner.epoch)
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch: Any = None) -> None:
+        if data_batch is not None:
+            self.batches.append(data_batch)
+        if not self.by_epoch:
+            self._maybe_prune(runner, runner.iter)
+
+    def after_val_epoch(self, runner, metrics: Optional[Dict[str, float]] = None) -> None:
+        self.last_metrics = dict(metrics or {})
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint.setdefault('meta', {})[META_KEY] = dict(
+            structure=copy.deepcopy(self.structure), done=list(self.done),
+            dense=self.dense, current=self.current, hash=structure_hash(self.structure))
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        meta = (checkpoint.get('meta') or {}).get(META_KEY)
+        if not meta or 'structure' not in meta:
+            return
+        structure = meta['structure']
+        if structure_hash(structure) != structure_hash(self.structure):
+            if not is_empty(self.structure):
+                raise ValueError(
+                    f'the checkpoint holds a pruned structure ({structure_hash(structure)}) '
+                    f'other than the model\'s current one ({structure_hash(self.structure)})')
+            model = _unwrap(runner.model)
+            before = dict(model.named_parameters())
+            apply_structure(model, structure)  # the weights load right after this hook
+            self._after_change(runner, before, {}, structure, None)
+            self.structure = copy.deepcopy(structure)
+        if runner._resume:  # carry on with the schedule; load_from starts a new one
+            self.done = list(meta.get('done', []))
+        self.dense = meta.get('dense') or self.dense
+        self.current = meta.get('current') or self.current
+        runner.logger.info(f'[mmprune] pruned structure {structure_hash(structure)} rebuilt '
+                           f'from the checkpoint; steps done: {self.done}')
+
+    # ---- pruning ----------------------------------------------------------------------
+    def _count(self, runner) -> Dict[str, int]:
+        model = _unwrap(runner.model)
+        batch = make_batch(model, runner.cfg, self.input_shape)
+        training = model.training
+        try:
+            with tracing_state(model):
+                flops, params = count_flops_params(model, batch)
+        finally:
+            model.train(training)
+        return dict(flops=flops, params=params)
+
+    def _maybe_prune(self, runner, point: int) -> None:
+        if point not in self.points or point in self.done:
+            return
+        k = self.points.index(point)
+        model = _unwrap(runner.model)
+        before = dict(model.named_parameters())
+        ema = self._ema(runner)
+        ema_before = ({k2: v.detach().clone() for k2, v in ema.module.state_dict().items()}
+                      if ema is not None else None)
+        rank, world = get_dist_info()
+        kwargs = self.step_kwargs(k)
+        payload: List[Any] = [None, None]
+        if rank == 0:  # one rank decides, the others follow
+            training = model.training
+            try:
+                with track_slices() as slices:
+                    result = prune(model, cfg=runner.cfg, input_shape=self.input_shape,
+                                   data=list(self.batches) or None, **kwargs)
+            finally:
+                model.train(training)
+            payload = [result.structure, slices_by_name(model, slices)]
+        if world > 1:
+            broadcast_object_list(payload, src=0)
+            if rank != 0:
+                apply_structure(model, payload[0])
+            for t in model.state_dict().values():  # rank 0's values everywhere
+                broadcast(t, src=0)
+        step_structure, plan = payload
+        self.structure = compose(self.structure, step_structure)
+        self._after_change(runner, before, plan, step_structure, ema_before)
+        agreed = ''
+        if world > 1:  # every rank must now hold the same model
+            from .structure import snapshot
+            hashes = all_gather_object(structure_hash(snapshot(model)['shapes']))
+            if len(set(hashes)) != 1:
+                raise RuntimeError(f'[mmprune] ranks disagree on the pruned shapes: {hashes}')
+            agreed = f', the same on all {world} ranks'
+
+        self.done.append(point)
+        self.current = self._count(runner)
+        ratio = self.current['flops'] / self.dense['flops']
+        runner.logger.info(
+            f'[mmprune] step {k + 1}/{len(self.points)} at {"epoch" if self.by_epoch else "iter"} '
+            f'{point}: params {self.current["params"] / 1e6:.3f}M '
+            f'({self.current["params"] / self.dense["params"]:.1%} of dense), FLOPs '
+            f'{self.current["flops"] / 1e9:.4f}G ({ratio:.1%} of dense); structure '
+            f'{structure_hash(self.structure)}{agreed}')
+        runner.visualizer.add_scalars(
+            {'pruning/flops_ratio': ratio,
+             'pruning/params_ratio': self.current['params'] / self.dense['params'],
+             'pruning/step': k + 1}, step=runner.iter)
+
+    def _ema(self, runner):
+        for hook in runner.hooks:
+            if isinstance(hook, EMAHook) and hasattr(hook, 'ema_model'):
+                return hook.ema_model
+        return None
+
+    def _after_change(self, runner, before: Dict[str, nn.Parameter], plan, structure,
+                      ema_before) -> None:
+        """Optimizer, EMA copy and DDP wrapper follow the model's new parameters."""
+        model = _unwrap(runner.model)
+        for optimizer in _optimizers(getattr(runner, 'optim_wrapper', None)):
+            counts = remap_optimizer(optimizer, before, model, plan)
+            runner.logger.info(f'[mmprune] optimizer state: {counts}')
+        ema = self._ema(runner)
+        if ema is not None:
+            apply_structure(ema.module, structure)
+            if ema_before is not None:
+                slice_copy(ema.module, ema_before, model, plan)
+            ema.module.requires_grad_(False)
+            ema.avg_parameters = (ema.module.state_dict() if ema.update_buffers
+                                  else dict(ema.module.named_parameters()))
+        if is_model_wrapper(runner.model):
+            runner.model = runner.wrap_model(runner.cfg.get('model_wrapper_cfg'), model)
+
+    def after_run(self, runner) -> None:
+        if is_empty(self.structure) or not is_main_process():
+            return
+        from .apis import pruned_config_text
+        from .checkpoint import atomic_write
+        name = os.path.splitext(os.path.basename(runner.cfg.filename or 'model'))[0]
+        dense_path = os.path.join(runner.work_dir, f'{name}_dense.py')
+        path = os.path.join(runner.work_dir, f'{name}_pruned.py')
+        cfg = copy.deepcopy(runner.cfg)
+        cfg.custom_hooks = [h for h in cfg.get('custom_hooks', [])
+                            if 'PruningHook' not in str(h.get('type', ''))]
+        cfg.load_from, cfg.resume = None, False  # dense weights would not fit the pruned model
+        atomic_write(dense_path, lambda p: cfg.dump(p), overwrite=True)
+        text = pruned_config_text(cfg, os.path.basename(dense_path), self.structure,
+                                  dict(hash=structure_hash(self.structure), **{
+                                      f'{k}_ratio': round(self.current[k] / self.dense[k], 4)
+                                      for k in ('flops', 'params')}))
+        atomic_write(path, lambda p: open(p, 'w').write(text), overwrite=True)
+        runner.logger.info(f'[mmprune] pruned config for the checkpoints of this run: {path}')
+
+
+__all__ = ['PruningHook', 'compose']

@@ -1,0 +1,223 @@
+"""PruningHook in real mmengine runs: host train.py, resume, DDP, EMA, optimizer state."""
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.hooks import Hook
+
+import mmprune
+from mmprune.hooks import PruningHook, compose
+from mmprune.tracking import apply_slices, remap_optimizer, slice_copy, slices_by_name, track_slices
+
+from conftest import ROOT, make_coco
+
+DET_CFG = os.path.join(ROOT, 'configs', 'pruning', 'retinanet_r18_tiny_prune-hook.py')
+SEG_CFG = os.path.join(ROOT, 'configs', 'pruning', 'pspnet_r18_tiny_prune-hook.py')
+STEP = re.compile(r'\[mmprune\] step (\d+)/(\d+) .*FLOPs [\d.]+G \(([\d.]+)% of dense\); '
+                  r'structure (\w+)')
+
+
+def _host_train(codebase):
+    import importlib
+    pkg = importlib.import_module(codebase)
+    return os.path.join(os.path.dirname(pkg.__file__), '.mim', 'tools', 'train.py')
+
+
+def _run(cmd, cwd, timeout=900):
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                         env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'))
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    return log
+
+
+def _coco_opts(data):
+    return ['--cfg-options', f'data_root={data}/', f'train_dataloader.dataset.data_root={data}/',
+            f'val_dataloader.dataset.data_root={data}/',
+            f'test_dataloader.dataset.data_root={data}/',
+            f'val_evaluator.ann_file={data}/ann.json', f'test_evaluator.ann_file={data}/ann.json']
+
+
+@pytest.fixture(scope='module')
+def coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp('coco')
+    make_coco(str(root), n=6)
+    return str(root)
+
+
+def test_progressive_hook_through_host_train_then_resume(coco, tmp_path):
+    """mmdet's own tools/train.py: two pruning steps reach 50 % FLOPs (within 2 %); a run
+    stopped after the first step and resumed ends with the same structure."""
+    train = _host_train('mmdet')
+    full = _run([sys.executable, train, DET_CFG, '--work-dir', str(tmp_path / 'full'),
+                 *_coco_opts(coco)], cwd=str(tmp_path))
+    steps = STEP.findall(full)
+    assert [s[:2] for s in steps] == [('1', '2'), ('2', '2')], full[-3000:]
+    assert abs(float(steps[-1][2]) / 100 - 0.5) <= 0.02 * 0.5
+    assert re.search(r'loss: \d+\.\d+', full.split('step 2/2')[-1])  # trained on after step 2
+
+    part = tmp_path / 'part'
+    _run([sys.executable, train, DET_CFG, '--work-dir', str(part), *_coco_opts(coco),
+          'train_cfg.max_epochs=1', 'train_cfg.val_interval=5'], cwd=str(tmp_path))
+    resumed = _run([sys.executable, train, DET_CFG, '--work-dir', str(part), '--resume',
+                    *_coco_opts(coco)], cwd=str(tmp_path))
+    assert 'rebuilt from the checkpoint; steps done: [0]' in resumed
+    assert STEP.findall(resumed)[-1][3] == steps[-1][3]  # same final structure hash
+    ckpt = torch.load(part / 'epoch_3.pth', weights_only=True)  # loads under weights_only
+    assert ckpt['meta']['mmprune']['hash'] == steps[-1][3]
+    assert ckpt['meta']['mmprune']['done'] == [0, 1]
+
+    # the run's pruned config + any of its checkpoints load with the host's API
+    from mmdet.apis import init_detector
+    pruned_cfg = part / 'retinanet_r18_tiny_prune-hook_pruned.py'
+    model = init_detector(str(pruned_cfg), str(part / 'epoch_3.pth'), device='cpu')
+    assert set(model.state_dict()) == set(ckpt['state_dict'])
+    assert sum(p.numel() for p in model.parameters()) == ckpt['meta']['mmprune']['current']['params']
+
+
+def test_iteration_hook_through_mmseg_train(tmp_path):
+    from test_host_tools import _seg
+    data = tmp_path / 'seg'
+    _seg(str(data), n=4)
+    log = _run([sys.executable, _host_train('mmseg'), SEG_CFG, '--work-dir', str(tmp_path / 'wd'),
+                '--cfg-options', f'train_dataloader.dataset.data_root={data}',
+                f'val_dataloader.dataset.data_root={data}',
+                f'test_dataloader.dataset.data_root={data}'], cwd=str(tmp_path))
+    steps = STEP.findall(log)
+    assert [s[:2] for s in steps] == [('1', '3'), ('2', '3'), ('3', '3')], log[-3000:]
+    ratios = [float(s[2]) / 100 for s in steps]
+    assert ratios[0] > ratios[1] > ratios[2] and abs(ratios[2] - 0.5) <= 0.01
+    assert 'mIoU' in log
+    from mmseg.apis import init_model
+    model = init_model(str(tmp_path / 'wd' / 'pspnet_r18_tiny_prune-hook_pruned.py'),
+                       str(tmp_path / 'wd' / 'iter_8.pth'), device='cpu')
+    assert model.decode_head.conv_seg.out_channels == 11
+
+
+def test_two_ranks_prune_identically(coco, tmp_path):
+    """torchrun with 2 CPU processes (gloo): rank 0 decides, both ranks verify equal shapes."""
+    log = _run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+                '--master_port', '29541', os.path.join(ROOT, 'tools', 'prune_train.py'), DET_CFG,
+                '--work-dir', str(tmp_path / 'ddp'), '--launcher', 'pytorch', *_coco_opts(coco)],
+               cwd=str(tmp_path))
+    assert log.count('the same on all 2 ranks') == 2, log[-3000:]
+    summary = json.load(open(tmp_path / 'ddp' / 'prune_train_summary.json'))
+    assert summary['steps_done'] == [0, 1] and abs(summary['flops_ratio'] - 0.5) <= 0.01
+
+
+class _CheckOptimizer(Hook):
+    """After every iteration: the optimizer holds exactly the model's parameters, and
+    each SGD momentum buffer has its parameter's shape."""
+
+    def __init__(self):
+        self.checked = 0
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        held = [p for g in runner.optim_wrapper.optimizer.param_groups for p in g['params']]
+        assert {id(p) for p in held} == {id(p) for p in model.parameters()}
+        for p in held:
+            buf = runner.optim_wrapper.optimizer.state.get(p, {}).get('momentum_buffer')
+            assert buf is None or buf.shape == p.shape
+        assert torch.isfinite(outputs['loss']) if 'loss' in outputs else True
+        self.checked += 1
+
+
+def _runner(coco, tmp_path, **hook):
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(DET_CFG)
+    cfg.merge_from_dict(dict(zip([o.split('=')[0] for o in _coco_opts(coco)[1:]],
+                                 [o.split('=', 1)[1] for o in _coco_opts(coco)[1:]])))
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=6, val_interval=100)
+    cfg.param_scheduler = []
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=100, by_epoch=False)
+    cfg.custom_hooks = [dict(type='mmprune.PruningHook', by_epoch=False, **hook),
+                        dict(type='EMAHook', momentum=0.5)]
+    cfg.train_dataloader.sampler = dict(type='InfiniteSampler', shuffle=True)
+    cfg.work_dir = str(tmp_path)
+    cfg.experiment_name = f'hook_{tmp_path.name}'
+    runner = Runner.from_cfg(cfg)
+    check = _CheckOptimizer()
+    runner.register_hook(check, priority='LOWEST')
+    return runner, check
+
+
+def test_optimizer_and_ema_follow_each_step(coco, tmp_path):
+    runner, check = _runner(coco, tmp_path, pruning_ratio=0.5, begin=1, end=5, interval=2,
+                            ramp='cubic', importance='taylor')
+    runner.train()
+    hook = next(h for h in runner.hooks if isinstance(h, PruningHook))
+    ema = next(h for h in runner.hooks if type(h).__name__ == 'EMAHook').ema_model
+    assert hook.done == [1, 3] and check.checked == 6
+    model = runner.model
+    assert {k: v.shape for k, v in ema.module.state_dict().items()} == \
+        {k: v.shape for k, v in model.state_dict().items()}
+    assert model.neck.fpn_convs[0].conv.out_channels < 32
+    # the structure in the hook rebuilds the same shapes on a fresh dense model
+    fresh, _ = mmprune.build_model(copy.deepcopy(runner.cfg))
+    mmprune.apply_structure(fresh, hook.structure)
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == \
+        {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_state_follows_the_pruned_channels():
+    """Adam moments and an EMA copy are sliced exactly like the parameters."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    ema = copy.deepcopy(model)
+    for p in ema.parameters():
+        p.data.normal_()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    optimizer.step()
+    before = dict(model.named_parameters())
+    moments = {n: optimizer.state[p]['exp_avg'].clone() for n, p in before.items()}
+    ema_before = {k: v.clone() for k, v in ema.state_dict().items()}
+    import torch_pruning as tp
+    dg = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 8, 8))
+    with track_slices() as slices:
+        dg.get_pruning_group(model[0], tp.prune_conv_out_channels, idxs=[1, 4, 6]).prune()
+    plan = slices_by_name(model, slices)
+    assert plan['0.weight'] == [(0, [0, 2, 3, 5, 7])] and plan['3.weight'] == [(1, [0, 2, 3, 5, 7])]
+    counts = remap_optimizer(optimizer, before, model, plan)
+    assert counts == dict(sliced=5, moved=0, reset=0)  # 0.w, 0.b, 1.w, 1.b, 3.w
+    for name, p in model.named_parameters():
+        assert optimizer.state[p]['exp_avg'].shape == p.shape
+        assert torch.equal(optimizer.state[p]['exp_avg'], apply_slices(moments[name], plan.get(name, [])))
+    mmprune.apply_structure(ema, mmprune.structure.diff(
+        mmprune.structure.snapshot(copy.deepcopy(ema)), model))
+    slice_copy(ema, ema_before, model, plan)
+    assert torch.equal(ema[1].running_mean, ema_before['1.running_mean'][[0, 2, 3, 5, 7]])
+    assert torch.equal(ema[3].weight, ema_before['3.weight'][:, [0, 2, 3, 5, 7]])
+    optimizer.step()  # still a working optimizer
+
+
+def test_compose_structures():
+    a = dict(version=1, layers={'x': dict(out_channels=8)}, shapes={'x.weight': [8, 3]})
+    b = dict(version=1, layers={'x': dict(out_channels=4), 'y': dict(in_channels=4)},
+             shapes={'x.weight': [4, 3]})
+    assert compose(a, b) == dict(version=1, layers={'x': dict(out_channels=4),
+                                                    'y': dict(in_channels=4)},
+                                 shapes={'x.weight': [4, 3]})
+
+
+@pytest.mark.parametrize('kwargs, error', [
+    (dict(pruning_ratio=1.0), 'pruning_ratio'),
+    (dict(pruning_ratio=-0.1), 'pruning_ratio'),
+    (dict(target_flops=0.0), 'target_flops'),
+    (dict(pruning_ratio=0.3, target_flops=0.5), 'exactly one'),
+    (dict(pruning_ratio=0.3, importance='nope'), 'nope'),
+    (dict(pruning_ratio=0.3, ramp='exp'), 'ramp'),
+    (dict(pruning_ratio=0.3, begin=3, end=2), 'end'),
+    (dict(pruning_ratio=0.3, lr=0.1), 'lr'),
+])
+def test_bad_hook_arguments(kwargs, error):
+    with pytest.raises((ValueError, TypeError, KeyError), match=error):
+        PruningHook(**kwargs)

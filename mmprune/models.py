@@ -11,10 +11,25 @@ Merged with the base, ``model`` keeps every host key (``backbone``, ``neck``,
 read or edit ``cfg.model.backbone`` keep working. ``architecture`` may also be
 a complete host model config dict. What is built is the host model itself
 (``RetinaNet``, ``EncoderDecoder`` ...): same class, same state_dict keys.
+
+Prune-then-finetune with no hook: give ``pruning`` (options of
+:func:`mmprune.prune`, plus ``input_shape``) and the dense weights as
+``checkpoint`` instead of ``structure``::
+
+    model = dict(type='mmprune.PrunedModel', architecture='mmdet.RetinaNet',
+                 checkpoint='dense.pth', pruning=dict(target_flops=0.5, input_shape=(512, 512)))
+
+The model is pruned while it is built, before the Runner builds the optimizer
+or a DDP wrapper, so the host's ``train.py`` finetunes it unchanged. Leave
+``load_from`` unset (the dense weights no longer fit). The same config rebuilds
+the same structure for the host's ``test.py`` / ``init_detector`` (every
+criterion is deterministic given the weights and ``seed``), provided the dense
+checkpoint is still there; ``tools/prune.py`` writes a config that needs none.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Union
+import logging
+from typing import Any, Dict, Optional, Union
 
 import torch.nn as nn
 from mmengine.registry import MODELS as ROOT_MODELS
@@ -24,14 +39,19 @@ from .structure import apply_structure
 
 
 @MODELS.register_module(name='PrunedModel')
-def build_pruned_model(architecture: Union[str, Dict[str, Any]], structure: Dict[str, Any],
-                       **kwargs: Any) -> nn.Module:
+def build_pruned_model(architecture: Union[str, Dict[str, Any]],
+                       structure: Optional[Dict[str, Any]] = None,
+                       pruning: Optional[Dict[str, Any]] = None,
+                       checkpoint: Optional[str] = None, **kwargs: Any) -> nn.Module:
     """Build ``architecture`` (a host model type or config) and apply ``structure``.
 
     Args:
         architecture: the host model type (``'mmdet.RetinaNet'``), whose
             arguments are the other keyword arguments, or a full model config.
         structure: the pruned structure (see :mod:`mmprune.structure`).
+        pruning: prune while building instead, with these options of
+            :func:`mmprune.prune` (and ``input_shape``).
+        checkpoint: dense weights loaded before ``pruning``.
         **kwargs: arguments of the host model (``backbone``, ``neck`` ...).
 
     Returns:
@@ -45,5 +65,30 @@ def build_pruned_model(architecture: Union[str, Dict[str, Any]], structure: Dict
     else:
         raise TypeError(f'architecture must be a model type or a config dict, '
                         f'but got {type(architecture).__name__}')
+    if (structure is None) == (pruning is None):
+        raise ValueError('PrunedModel needs either structure= (a pruned config) or pruning= '
+                         '(prune while building), not both and not neither')
+    if checkpoint is not None and pruning is None:
+        raise ValueError('PrunedModel checkpoint= holds the dense weights for pruning=; the '
+                         'weights of a pruned config load the usual way (load_from, init_detector)')
     model = ROOT_MODELS.build(arch)
-    return apply_structure(model, structure)
+    if structure is not None:
+        return apply_structure(model, structure)
+    from mmengine.logging import print_log
+
+    from .apis import _quiet_init_weights, load_weights
+    from .pruner import prune
+    from .structure import structure_hash
+    options = dict(pruning)
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
+        for m in model.modules():  # the Runner's init_weights must not overwrite them
+            if hasattr(m, '_is_init'):
+                m._is_init = True
+    else:
+        _quiet_init_weights(model)
+    result = prune(model, **options)
+    print_log(f'[mmprune] PrunedModel built and pruned: structure '
+              f'{structure_hash(result.structure)}; {result.summary()}', logger='current',
+              level=logging.INFO)
+    return model

@@ -221,3 +221,27 @@ def test_compose_structures():
 def test_bad_hook_arguments(kwargs, error):
     with pytest.raises((ValueError, TypeError, KeyError), match=error):
         PruningHook(**kwargs)
+
+
+def test_wrapper_prunes_at_build_time_for_host_train_and_test(coco, tmp_path):
+    """model=dict(type='mmprune.PrunedModel', pruning=..., checkpoint=dense): the host's
+    train.py finetunes the pruned model and init_detector reloads the run's checkpoint."""
+    dense, cfg = mmprune.build_model(DET_CFG)
+    dense_ckpt = tmp_path / 'dense.pth'
+    torch.save(dict(state_dict=dense.state_dict()), dense_ckpt)
+    config = tmp_path / 'wrapped.py'
+    config.write_text(
+        f"_base_ = '{DET_CFG}'\ncustom_hooks = []\ntrain_cfg = dict(max_epochs=1, val_interval=1)\n"
+        f"model = dict(type='mmprune.PrunedModel', architecture='mmdet.RetinaNet', "
+        f"checkpoint='{dense_ckpt}', pruning=dict(pruning_ratio=0.5, input_shape=(96, 128)))\n")
+    log = _run([sys.executable, _host_train('mmdet'), str(config), '--work-dir',
+                str(tmp_path / 'wd'), *_coco_opts(coco)], cwd=str(tmp_path))
+    assert 'PrunedModel built and pruned' in log and 'Epoch(train) [1][3/3]' in log
+    from mmdet.apis import init_detector
+    model = init_detector(str(config), str(tmp_path / 'wd' / 'epoch_1.pth'), device='cpu')
+    ckpt = torch.load(tmp_path / 'wd' / 'epoch_1.pth', weights_only=True)
+    assert {k: v.shape for k, v in model.state_dict().items()} == \
+        {k: v.shape for k, v in ckpt['state_dict'].items()}
+    assert model.neck.fpn_convs[0].conv.out_channels < dense.neck.fpn_convs[0].conv.out_channels
+    with pytest.raises(ValueError, match='not both'):
+        mmprune.build_pruned_model('mmdet.RetinaNet', structure={}, pruning={})

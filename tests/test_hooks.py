@@ -118,6 +118,7 @@ class _CheckOptimizer(Hook):
 
     def __init__(self):
         self.checked = 0
+        self.params = []  # parameter count after each iteration
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
@@ -126,7 +127,8 @@ class _CheckOptimizer(Hook):
         for p in held:
             buf = runner.optim_wrapper.optimizer.state.get(p, {}).get('momentum_buffer')
             assert buf is None or buf.shape == p.shape
-        assert torch.isfinite(outputs['loss']) if 'loss' in outputs else True
+        assert all(torch.isfinite(v).all() for k, v in outputs.items() if 'loss' in k)
+        self.params.append(sum(p.numel() for p in model.parameters()))
         self.checked += 1
 
 
@@ -165,6 +167,17 @@ def test_optimizer_and_ema_follow_each_step(coco, tmp_path):
     mmprune.apply_structure(fresh, hook.structure)
     assert {k: v.shape for k, v in fresh.state_dict().items()} == \
         {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_one_shot_hook_prunes_once_at_its_iteration(coco, tmp_path):
+    runner, check = _runner(coco, tmp_path, target_flops=0.6, begin=2)
+    runner.train()
+    hook = next(h for h in runner.hooks if isinstance(h, PruningHook))
+    assert hook.done == [2]
+    dense = check.params[0]
+    assert check.params[:2] == [dense, dense] and len(set(check.params[2:])) == 1
+    assert check.params[2] < dense
+    assert abs(hook.current['flops'] / hook.dense['flops'] - 0.6) <= 0.02 * 0.6
 
 
 def test_state_follows_the_pruned_channels():

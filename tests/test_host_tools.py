@@ -110,3 +110,17 @@ test_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
     value = re.findall(metric, log)
     assert value, log[-3000:]
     assert float(value[-1]) >= 0
+    if not case.startswith('tiny'):
+        return
+    # mmprune's tools/test.py gives the same metric on the same files, beside the dense model
+    dense_ckpt = tmp_path / 'dense.pth'
+    torch.save(dict(state_dict=dense.state_dict()), dense_ckpt)
+    _run([os.path.join(ROOT, 'tools', 'test.py'), str(out_dir / 'm_pruned.py'),
+          str(out_dir / 'm_pruned.pth'), '--compare', str(dense_cfg), str(dense_ckpt),
+          '--work-dir', str(tmp_path / 'cmp'), '--latency-runs', '3', *extra], cwd=str(tmp_path))
+    rows = json.load(open(tmp_path / 'cmp' / 'test_summary.json'))['rows']
+    key = 'coco/bbox_mAP' if codebase == 'mmdet' else 'mIoU'
+    assert [r['tag'] for r in rows] == ['pruned', 'dense']
+    assert abs(rows[0]['metrics'][key] - float(value[-1])) < 1e-4
+    assert rows[0]['params'] == summary['params_pruned'] < rows[1]['params']
+    assert rows[0]['flops'] < rows[1]['flops'] and rows[0]['cpu_latency_ms'] > 0

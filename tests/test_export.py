@@ -1,0 +1,44 @@
+"""tools/export_onnx.py: a pruned model's tensor graph in onnxruntime matches PyTorch."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import mmprune
+
+from conftest import ROOT, tiny
+
+
+def _export(cfg_path, ckpt, out, cwd):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'export_onnx.py'), cfg_path,
+                           ckpt, '--out', out, '--input-shape', '96', '96', '--runs', '3'],
+                          capture_output=True, text=True, cwd=cwd, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    return proc
+
+
+@pytest.mark.parametrize('name', ['retinanet_r18_tiny', 'pspnet_r18_tiny'])
+def test_pruned_model_exports_and_matches(tmp_path, name):
+    model, cfg = mmprune.build_model(tiny(name))
+    # 96x96: PSPNet's pyramid pooling (1, 2, 3, 6 bins) must divide the 12x12 feature map,
+    # which ONNX's adaptive pooling requires
+    result = mmprune.prune(model, 0.5, cfg=cfg, input_shape=(96, 96))
+    cfg_path, ckpt = mmprune.save_pruned(model, result.structure, cfg, str(tmp_path), name='m')
+    out = str(tmp_path / 'm.onnx')
+    proc = _export(cfg_path, ckpt, out, str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'max abs diff PyTorch vs onnxruntime' in proc.stdout
+    summary = json.load(open(out + '.json'))
+    assert summary['max_abs_diff'] < 1e-3 and summary['ort_cpu_ms'] > 0
+    assert summary['params'] == result.params[1] and os.path.getsize(out) > 0
+
+
+def test_two_stage_detector_is_refused_with_a_reason(tmp_path):
+    model, cfg = mmprune.build_model(tiny('faster_rcnn_r18_tiny'))
+    result = mmprune.prune(model, 0.3, cfg=cfg, input_shape=(64, 96))
+    cfg_path, ckpt = mmprune.save_pruned(model, result.structure, cfg, str(tmp_path), name='m')
+    proc = _export(cfg_path, ckpt, str(tmp_path / 'm.onnx'), str(tmp_path))
+    assert proc.returncode != 0 and 'two-stage' in proc.stderr
+    assert not os.path.exists(tmp_path / 'm.onnx')

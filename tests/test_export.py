@@ -42,3 +42,22 @@ def test_two_stage_detector_is_refused_with_a_reason(tmp_path):
     proc = _export(cfg_path, ckpt, str(tmp_path / 'm.onnx'), str(tmp_path))
     assert proc.returncode != 0 and 'two-stage' in proc.stderr
     assert not os.path.exists(tmp_path / 'm.onnx')
+
+
+def test_analyze_lists_pruned_channels_against_dense(tmp_path):
+    model, cfg = mmprune.build_model(tiny('retinanet_r18_tiny'))
+    result = mmprune.prune(model, 0.5, cfg=cfg, input_shape=(64, 96))
+    cfg_path, ckpt = mmprune.save_pruned(model, result.structure, cfg, str(tmp_path), name='m')
+    report_path = tmp_path / 'analyze.json'
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'analyze.py'), cfg_path,
+                           ckpt, '--input-shape', '64', '96', '--runs', '2', '--json',
+                           str(report_path)], capture_output=True, text=True, cwd=str(tmp_path),
+                          timeout=600, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.load(open(report_path))
+    assert report['model']['params'] == result.params[1]
+    assert report['dense']['params'] == result.params[0]
+    assert report['model']['flops'] == result.flops[1] and report['dense']['flops'] == result.flops[0]
+    row = next(r for r in report['layers'] if r['layer'] == 'backbone.conv1')
+    assert row['dense'] == 16 and row['pruned'] == model.backbone.conv1.out_channels < 16
+    assert 'backbone.conv1' in proc.stdout

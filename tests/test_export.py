@@ -61,3 +61,30 @@ def test_analyze_lists_pruned_channels_against_dense(tmp_path):
     row = next(r for r in report['layers'] if r['layer'] == 'backbone.conv1')
     assert row['dense'] == 16 and row['pruned'] == model.backbone.conv1.out_channels < 16
     assert 'backbone.conv1' in proc.stdout
+
+
+def test_sweep_table_and_plot(tmp_path):
+    from conftest import make_coco
+    data = tmp_path / 'coco'
+    make_coco(str(data), n=4)
+    config = os.path.join(ROOT, 'configs', 'pruning', 'retinanet_r18_tiny_prune-hook.py')
+    opts = ['custom_hooks=[]', f'data_root={data}/', f'train_dataloader.dataset.data_root={data}/',
+            f'val_dataloader.dataset.data_root={data}/', f'test_dataloader.dataset.data_root={data}/',
+            f'val_evaluator.ann_file={data}/ann.json', f'test_evaluator.ann_file={data}/ann.json',
+            'model.test_cfg.score_thr=0.0']
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'sweep.py'), config,
+                           '--ratios', '0.5', '--target-flops', '0.7', '--finetune-iters', '1',
+                           '--work-dir', str(tmp_path / 'sweep'), '--latency-runs', '2',
+                           '--cfg-options', *opts], capture_output=True, text=True,
+                          cwd=str(tmp_path), timeout=900, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / 'sweep'
+    result = json.load(open(out / 'sweep.json'))
+    rows = result['rows']
+    assert [r['size'] for r in rows] == ['dense', 'ratio0.5', 'flops0.7']
+    assert rows[1]['flops'] < rows[0]['flops'] and rows[1]['params'] < rows[0]['params']
+    assert abs(rows[2]['flops'] / rows[0]['flops'] - 0.7) <= 0.02 * 0.7
+    assert all(r['metrics'][result['metric']] >= 0 for r in rows)
+    assert open(out / 'sweep.png', 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+    assert '| ratio0.5 |' in open(out / 'sweep.md').read()
+    assert os.path.exists(out / 'ratio0.5' / 'finetune' / 'iter_1.pth')

@@ -88,3 +88,28 @@ def test_sweep_table_and_plot(tmp_path):
     assert open(out / 'sweep.png', 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
     assert '| ratio0.5 |' in open(out / 'sweep.md').read()
     assert os.path.exists(out / 'ratio0.5' / 'finetune' / 'iter_1.pth')
+
+
+def test_sensitivity_ranks_groups_and_emits_ratios(tmp_path):
+    from conftest import make_coco
+    data = tmp_path / 'coco'
+    make_coco(str(data), n=3)
+    config = os.path.join(ROOT, 'configs', 'pruning', 'retinanet_r18_tiny_prune-hook.py')
+    opts = ['custom_hooks=[]', f'test_dataloader.dataset.data_root={data}/',
+            f'test_evaluator.ann_file={data}/ann.json', 'model.test_cfg.score_thr=0.0']
+    ratios = tmp_path / 'ratios.json'
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'sensitivity.py'), config,
+                           '--layers', 'backbone.layer1.*', 'neck.*', '--max-layers', '2',
+                           '--val-samples', '2', '--work-dir', str(tmp_path / 'sens'),
+                           '--emit-ratios', str(ratios), '--cfg-options', *opts],
+                          capture_output=True, text=True, cwd=str(tmp_path), timeout=900,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.load(open(tmp_path / 'sens' / 'sensitivity.json'))
+    measured = [r for r in report['rows'] if 'skipped' not in r]
+    assert len(measured) == 2 and all(0 < r['flops_saved'] < 1 for r in measured)
+    assert all(r['layer'].startswith(('backbone.layer1.', 'neck.')) for r in measured)
+    assert open(tmp_path / 'sens' / 'sensitivity.png', 'rb').read(4) == b'\x89PNG'
+    emitted = json.load(open(ratios))
+    assert {r['layer'] for r in measured} <= set(emitted)
+    assert all(0 <= v <= 0.3 for v in emitted.values())

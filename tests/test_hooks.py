@@ -63,9 +63,18 @@ def test_progressive_hook_through_host_train_then_resume(coco, tmp_path):
     assert abs(float(steps[-1][2]) / 100 - 0.5) <= 0.02 * 0.5
     assert re.search(r'loss: \d+\.\d+', full.split('step 2/2')[-1])  # trained on after step 2
 
+    # killed (SIGKILL) right after epoch 1's checkpoint, i.e. after the first pruning step
     part = tmp_path / 'part'
-    _run([sys.executable, train, DET_CFG, '--work-dir', str(part), *_coco_opts(coco),
-          'train_cfg.max_epochs=1', 'train_cfg.val_interval=5'], cwd=str(tmp_path))
+    killed = tmp_path / 'killed.py'
+    killed.write_text(f"_base_ = '{DET_CFG}'\ncustom_imports = dict(imports=['kill_hook'])\n"
+                      "custom_hooks = [dict(type='mmprune.PruningHook', importance='l2', "
+                      "target_flops=0.5, begin=0, end=2), dict(type='KillAfterEpoch', epoch=1)]\n")
+    proc = subprocess.run([sys.executable, train, str(killed), '--work-dir', str(part),
+                           *_coco_opts(coco)], capture_output=True, text=True, cwd=str(tmp_path),
+                          timeout=900, env=dict(os.environ, OMP_NUM_THREADS='1',
+                                                PYTHONPATH=f'{ROOT}:{ROOT}/tests'))
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert (part / 'epoch_1.pth').exists() and not (part / 'epoch_2.pth').exists()
     resumed = _run([sys.executable, train, DET_CFG, '--work-dir', str(part), '--resume',
                     *_coco_opts(coco)], cwd=str(tmp_path))
     assert 'rebuilt from the checkpoint; steps done: [0]' in resumed

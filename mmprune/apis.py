@@ -204,6 +204,18 @@ def pruned_config_text(cfg: Config, base_name: str, structure: Dict[str, Any],
     return '\n'.join(lines)
 
 
+def write_pruned_config(cfg: Config, structure: Dict[str, Any], out_dir: str, name: str,
+                        summary: Dict[str, Any]) -> Tuple[str, str]:
+    """Write ``<name>_dense.py`` (``cfg`` as it is) and ``<name>_pruned.py`` (a readable
+    delta on it); returns both paths."""
+    dense_path = os.path.join(out_dir, f'{name}_dense.py')
+    cfg_path = os.path.join(out_dir, f'{name}_pruned.py')
+    atomic_write(dense_path, lambda p: cfg.dump(p), overwrite=True)
+    text = pruned_config_text(cfg, os.path.basename(dense_path), structure, summary)
+    atomic_write(cfg_path, lambda p: open(p, 'w').write(text), overwrite=True)
+    return dense_path, cfg_path
+
+
 def save_pruned(model: nn.Module, structure: Dict[str, Any], cfg: Config, out_dir: str,
                 name: Optional[str] = None, summary: Optional[Dict[str, Any]] = None,
                 overwrite: bool = False) -> Tuple[str, str]:
@@ -230,9 +242,7 @@ def save_pruned(model: nn.Module, structure: Dict[str, Any], cfg: Config, out_di
     ds_meta = dataset_meta(cfg, model)
     if ds_meta:
         meta['dataset_meta'] = ds_meta
-    atomic_write(dense_path, lambda p: cfg.dump(p), overwrite=True)
-    text = pruned_config_text(cfg, os.path.basename(dense_path), structure, summary)
-    atomic_write(cfg_path, lambda p: open(p, 'w').write(text), overwrite=True)
+    write_pruned_config(cfg, structure, out_dir, name, summary)
     atomic_write(ckpt_path, lambda p: torch.save(dict(state_dict=state, meta=meta), p),
                  overwrite=True)
     return cfg_path, ckpt_path

@@ -297,21 +297,15 @@ class PruningHook(Hook):
     def after_run(self, runner) -> None:
         if is_empty(self.structure) or not is_main_process():
             return
-        from .apis import pruned_config_text
-        from .checkpoint import atomic_write
+        from .apis import write_pruned_config
         name = os.path.splitext(os.path.basename(runner.cfg.filename or 'model'))[0]
-        dense_path = os.path.join(runner.work_dir, f'{name}_dense.py')
-        path = os.path.join(runner.work_dir, f'{name}_pruned.py')
         cfg = copy.deepcopy(runner.cfg)
         cfg.custom_hooks = [h for h in cfg.get('custom_hooks', [])
                             if 'PruningHook' not in str(h.get('type', ''))]
         cfg.load_from, cfg.resume = None, False  # dense weights would not fit the pruned model
-        atomic_write(dense_path, lambda p: cfg.dump(p), overwrite=True)
-        text = pruned_config_text(cfg, os.path.basename(dense_path), self.structure,
-                                  dict(hash=structure_hash(self.structure), **{
-                                      f'{k}_ratio': round(self.current[k] / self.dense[k], 4)
-                                      for k in ('flops', 'params')}))
-        atomic_write(path, lambda p: open(p, 'w').write(text), overwrite=True)
+        summary = dict(hash=structure_hash(self.structure), **{
+            f'{k}_ratio': round(self.current[k] / self.dense[k], 4) for k in ('flops', 'params')})
+        _, path = write_pruned_config(cfg, self.structure, runner.work_dir, name, summary)
         runner.logger.info(f'[mmprune] pruned config for the checkpoints of this run: {path}')
 
 

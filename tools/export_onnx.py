@@ -17,9 +17,7 @@ import argparse
 import json
 import os
 import os.path as osp
-import statistics
 import sys
-import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -29,6 +27,8 @@ import torch.nn as nn  # noqa: E402
 import mmprune  # noqa: E402
 from mmprune.checkpoint import atomic_write  # noqa: E402
 from mmprune.graph import make_batch  # noqa: E402
+
+from test import median_ms  # noqa: E402  (tools/test.py)
 
 
 class TensorGraph(nn.Module):
@@ -67,16 +67,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _median_ms(fn, runs: int) -> float:
-    times = []
-    for i in range(runs + 2):
-        t0 = time.perf_counter()
-        fn()
-        if i >= 2:
-            times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     model, cfg = mmprune.build_model(args.config, args.checkpoint)
@@ -112,8 +102,8 @@ def main(argv=None) -> dict:
     outputs = session.run(None, feed)
     diff = max(float((torch.from_numpy(o) - r).abs().max()) for o, r in zip(outputs, reference))
     with torch.no_grad():
-        torch_ms = _median_ms(lambda: graph(image), args.runs)
-    ort_ms = _median_ms(lambda: session.run(None, feed), args.runs)
+        torch_ms = median_ms(lambda: graph(image), args.runs)
+    ort_ms = median_ms(lambda: session.run(None, feed), args.runs)
     summary = dict(config=args.config, checkpoint=args.checkpoint, onnx=out,
                    input_shape=list(image.shape), outputs=len(reference), max_abs_diff=diff,
                    torch_cpu_ms=round(torch_ms, 2), ort_cpu_ms=round(ort_ms, 2),

@@ -26,7 +26,6 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import torch  # noqa: E402
 
-import mmprune  # noqa: E402,F401  (registers mmprune types, safe checkpoint loading)
 from mmprune.apis import build_model, load_config  # noqa: E402
 from mmprune.checkpoint import atomic_write  # noqa: E402
 from mmprune.graph import make_batch, tensor_forward  # noqa: E402
@@ -46,23 +45,30 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def median_ms(fn, runs: int, sync=None) -> float:
+    """Median wall time of ``fn()`` in ms over ``runs`` calls, after two warm-up calls."""
+    times = []
+    for i in range(runs + 2):
+        if sync:
+            sync()
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        if i >= 2:
+            times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
 def latency_ms(model, batch, runs: int, device: str = 'cpu') -> float:
-    """Median wall time of the tensor-mode forward, after two warm-up runs."""
+    """Median wall time of the tensor-mode forward at batch 1 on ``device``."""
     model = model.to(device).eval()
     batch = dict(inputs=batch['inputs'].to(device), data_samples=batch['data_samples'])
-    times = []
     with torch.no_grad():
-        for i in range(runs + 2):
-            if device != 'cpu':
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            tensor_forward(model, batch)
-            if device != 'cpu':
-                torch.cuda.synchronize()
-            if i >= 2:
-                times.append((time.perf_counter() - t0) * 1000)
+        ms = median_ms(lambda: tensor_forward(model, batch), runs,
+                       torch.cuda.synchronize if device != 'cpu' else None)
     model.to('cpu')
-    return statistics.median(times)
+    return ms
 
 
 def evaluate(config: str, checkpoint: str, args, tag: str) -> dict:

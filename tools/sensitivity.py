@@ -85,6 +85,28 @@ def evaluator(cfg, samples: int, work_dir: str):
     return run
 
 
+def measure(dense, layer, args, cfg, shape, seen, evaluate, base, key):
+    """Prune ``layer``'s group alone and evaluate; None when its group was measured."""
+    model = copy.deepcopy(dense)
+    try:
+        result = mmprune.prune(model, pruning_ratio=0.0, pruning_ratio_dict={layer: args.ratio},
+                               importance=args.importance, cfg=cfg, input_shape=shape)
+    except (ValueError, RuntimeError) as e:  # a layer the graph keeps, or cannot prune
+        return dict(layer=layer, skipped=str(e).split('\n')[0][:200])
+    digest = mmprune.structure_hash(result.structure)
+    if digest in seen:
+        seen[digest]['coupled'].append(layer)
+        return None
+    metrics = evaluate(model)
+    row = dict(layer=layer, coupled=[], metric=metrics.get(key, float('nan')),
+               drop=base.get(key, float('nan')) - metrics.get(key, float('nan')),
+               flops_saved=1 - result.flops_ratio, params_saved=1 - result.params_ratio)
+    seen[digest] = row
+    print(f'{layer:50s} {key} {row["metric"]:.4f} (drop {row["drop"]:+.4f}), FLOPs saved '
+          f'{row["flops_saved"]:.1%}', flush=True)
+    return row
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config)
@@ -100,28 +122,15 @@ def main(argv=None) -> dict:
     key = main_metric(base)
     names = candidates(dense, cfg, args.layers, shape)
     rows, seen = [], {}
+    from mmengine.utils import ProgressBar
+    progress = ProgressBar(min(len(names), args.max_layers or len(names)))
     for layer in names:
         if args.max_layers and len(rows) >= args.max_layers:
             break
-        model = copy.deepcopy(dense)
-        try:
-            result = mmprune.prune(model, pruning_ratio=0.0, pruning_ratio_dict={layer: args.ratio},
-                                   importance=args.importance, cfg=cfg, input_shape=shape)
-        except (ValueError, RuntimeError) as e:  # a layer the graph keeps, or cannot prune
-            rows.append(dict(layer=layer, skipped=str(e).split('\n')[0][:200]))
-            continue
-        digest = mmprune.structure_hash(result.structure)
-        if digest in seen:
-            seen[digest]['coupled'].append(layer)
-            continue
-        metrics = evaluate(model)
-        row = dict(layer=layer, coupled=[], metric=metrics.get(key, float('nan')),
-                   drop=base.get(key, float('nan')) - metrics.get(key, float('nan')),
-                   flops_saved=1 - result.flops_ratio, params_saved=1 - result.params_ratio)
-        seen[digest] = row
-        rows.append(row)
-        print(f'{layer:50s} {key} {row["metric"]:.4f} (drop {row["drop"]:+.4f}), FLOPs saved '
-              f'{row["flops_saved"]:.1%}', flush=True)
+        row = measure(dense, layer, args, cfg, shape, seen, evaluate, base, key)
+        if row is not None:
+            rows.append(row)
+            progress.update()
     measured = sorted((r for r in rows if 'skipped' not in r), key=lambda r: r['drop'])
     lines = [f'| rank | layer (+ coupled) | {key} | drop | FLOPs saved | params saved |',
              '|---|---|---|---|---|---|']

@@ -110,6 +110,8 @@ def main(argv=None) -> dict:
     shape = tuple(args.input_shape) if args.input_shape else None
     sizes = [('ratio', r) for r in args.ratios] + [('flops', f) for f in args.target_flops]
     rows = [dict(size='dense', **evaluate(dense_cfg_path, dense_ckpt, args, 'dense'))]
+    from mmengine.utils import ProgressBar
+    progress = ProgressBar(len(sizes))
     for kind, value in sizes:
         tag = f'{kind}{value:g}'
         model, mcfg = build_model(copy.deepcopy(cfg), dense_ckpt)
@@ -124,6 +126,7 @@ def main(argv=None) -> dict:
                             osp.join(args.work_dir, tag, 'finetune'), args.cfg_options)
         rows.append(dict(size=tag, finetune_iters=args.finetune_iters,
                          **evaluate(cfg_path, ckpt, args, tag)))
+        progress.update()
     key = main_metric(rows[0]['metrics'])
     dense = rows[0]
     lines = [f'| size | {key} | delta | params (M) | FLOPs (G) | FLOPs ratio | CPU ms | speed-up |',

@@ -229,23 +229,32 @@ class PruningHook(Hook):
                       if ema is not None else None)
         rank, world = get_dist_info()
         kwargs = self.step_kwargs(k)
-        payload: List[Any] = [None, None]
+        payload: List[Any] = [None, None, None]
+        failure = None
         if rank == 0:  # one rank decides, the others follow
             training = model.training
             try:
                 with track_slices() as slices:
                     result = prune(model, cfg=runner.cfg, input_shape=self.input_shape,
                                    data=list(self.batches) or None, **kwargs)
+                payload = [result.structure, slices_by_name(model, slices), None]
+            except Exception as e:  # the other ranks must not wait forever
+                failure = e
+                payload = [None, None, f'{type(e).__name__}: {e}']
             finally:
                 model.train(training)
-            payload = [result.structure, slices_by_name(model, slices)]
         if world > 1:
             broadcast_object_list(payload, src=0)
+        if payload[2] is not None:
+            if failure is not None:
+                raise failure
+            raise RuntimeError(f'[mmprune] pruning failed on rank 0: {payload[2]}')
+        if world > 1:
             if rank != 0:
                 apply_structure(model, payload[0])
             for t in model.state_dict().values():  # rank 0's values everywhere
                 broadcast(t, src=0)
-        step_structure, plan = payload
+        step_structure, plan, _ = payload
         self.structure = compose(self.structure, step_structure)
         self._after_change(runner, before, plan, step_structure, ema_before)
         agreed = ''

@@ -267,3 +267,10 @@ def test_wrapper_prunes_at_build_time_for_host_train_and_test(coco, tmp_path):
     assert model.neck.fpn_convs[0].conv.out_channels < dense.neck.fpn_convs[0].conv.out_channels
     with pytest.raises(ValueError, match='not both'):
         mmprune.build_pruned_model('mmdet.RetinaNet', structure={}, pruning={})
+
+
+def test_a_failing_step_stops_the_run_with_its_reason(coco, tmp_path):
+    runner, _ = _runner(coco, tmp_path, pruning_ratio=0.3, begin=1,
+                        ignored_layers=['no.such.layer'])
+    with pytest.raises(Exception, match='no.such.layer'):
+        runner.train()

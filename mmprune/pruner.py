@@ -456,9 +456,10 @@ def _concat_sizes_guard():
       torch >= 2.x names ``_saved_self_sym_sizes``; it then falls back to a
       model-wide switch that any ``nn.Linear`` with 3-D output turns off, so a
       Swin or PVT backbone loses the flatten mapping of every RoI head (the
-      first FC layer then keeps the wrong inputs). The size is read under its
-      new name and its checks applied: 2-D/4-D inputs only, and C*H*W must be
-      the next layer's input width.
+      first FC layer then keeps the wrong inputs). When that switch is off, the
+      flatten of a 4-D map is mapped anyway if C*H*W is the next layer's input
+      width (its size read under the new name); everything else keeps
+      torch-pruning's own behaviour (EncNet relies on it).
     """
     from torch_pruning.dependency import index_mapping
     original = index_mapping.update_concat_index_mapping
@@ -511,15 +512,13 @@ def _concat_sizes_guard():
 
     def guarded_reshape(graph, node):
         size = getattr(node.grad_fn, '_saved_self_sym_sizes', None)
-        if size is None or hasattr(node.grad_fn, '_saved_self_sizes'):
+        if size is None or hasattr(node.grad_fn, '_saved_self_sizes') or graph._2d_4d \
+                or len(size) != 4:  # only flattens of maps the switch turned off
             return original_reshape(graph, node)
-        if len(size) not in (1, 4):
+        widths = [shape_infer.infer_in_channels_recursively(graph, n, [0])
+                  for n in node.outputs]
+        if int(size[1]) * int(size[2]) * int(size[3]) not in widths:
             return None
-        if len(size) == 4:
-            widths = [shape_infer.infer_in_channels_recursively(graph, n, [0])
-                      for n in node.outputs]
-            if int(size[1]) * int(size[2]) * int(size[3]) not in widths:
-                return None
         switch = graph._2d_4d
         graph._2d_4d = True
         try:

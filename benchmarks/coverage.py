@@ -201,6 +201,8 @@ def run_one(config: str, ratio: float, shape) -> dict:
                 cfg.model.teacher_config = os.path.join(config_root(config.split('::')[0]),
                                                         teacher[len('configs/'):])
             cfg.model.teacher_ckpt = None
+        if cfg.model.get('teacher_ckpt'):  # LAD builds its teacher inline: random init, no download
+            cfg.model.teacher_ckpt = None
         backbone = cfg.model.get('backbone') or {}
         if 'img_size' in backbone:  # ViTs: position embeddings at the small test size
             backbone['img_size'] = tuple(shape) if not isinstance(backbone['img_size'], int) \

@@ -210,12 +210,8 @@ class PruningHook(Hook):
     def _count(self, runner) -> Dict[str, int]:
         model = _unwrap(runner.model)
         batch = make_batch(model, runner.cfg, self.input_shape)
-        training = model.training
-        try:
-            with tracing_state(model):
-                flops, params = count_flops_params(model, batch)
-        finally:
-            model.train(training)
+        with tracing_state(model):  # restores every module's train/eval mode
+            flops, params = count_flops_params(model, batch)
         return dict(flops=flops, params=params)
 
     def _maybe_prune(self, runner, point: int) -> None:

@@ -519,12 +519,11 @@ def _concat_sizes_guard():
                   for n in node.outputs]
         if int(size[1]) * int(size[2]) * int(size[3]) not in widths:
             return None
-        switch = graph._2d_4d
-        graph._2d_4d = True
+        graph._2d_4d = True  # off, or this returned above
         try:
             return original_reshape(graph, node)
         finally:
-            graph._2d_4d = switch
+            graph._2d_4d = False
 
     index_mapping.update_concat_index_mapping = guarded
     index_mapping.update_reshape_index_mapping = guarded_reshape

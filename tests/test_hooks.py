@@ -274,3 +274,25 @@ def test_a_failing_step_stops_the_run_with_its_reason(coco, tmp_path):
                         ignored_layers=['no.such.layer'])
     with pytest.raises(Exception, match='no.such.layer'):
         runner.train()
+
+
+def test_prune_train_ends_with_dense_vs_pruned_table(coco, tmp_path):
+    """tools/prune_train.py from a dense checkpoint: finetunes, then evaluates the pruned
+    best/last checkpoint and the dense one with tools/test.py's code, in one table."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    dense = MODELS.build(Config.fromfile(DET_CFG).model)
+    torch.save(dict(state_dict=dense.state_dict(), meta={}), tmp_path / 'dense.pth')
+    _run([sys.executable, os.path.join(ROOT, 'tools', 'prune_train.py'), DET_CFG,
+          '--checkpoint', str(tmp_path / 'dense.pth'), '--work-dir', str(tmp_path / 'wd'),
+          '--latency-runs', '2', *_coco_opts(coco), 'train_cfg.max_epochs=2',
+          'train_cfg.val_interval=2'], cwd=str(tmp_path))
+    summary = json.load(open(tmp_path / 'wd' / 'prune_train_summary.json'))
+    pruned, base = summary['compare']
+    assert (pruned['tag'], base['tag']) == ('pruned', 'dense')
+    assert pruned['checkpoint'].endswith('epoch_2.pth') and base['checkpoint'].endswith('dense.pth')
+    assert base['params'] == summary['dense']['params'] > pruned['params'] == summary['pruned']['params']
+    assert abs(pruned['flops'] / base['flops'] - summary['flops_ratio']) < 1e-6
+    assert 'coco/bbox_mAP' in pruned['metrics'] and 'coco/bbox_mAP' in base['metrics']
+    assert 'pruned' in summary['table'] and 'dense' in summary['table']

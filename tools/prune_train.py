@@ -10,6 +10,10 @@ dense model's ``load_from``. Training, validation, checkpoints and logs are the
 host Runner's; the pruned structure travels in every checkpoint, and the run
 ends by writing ``<name>_pruned.py`` (load it with ``init_detector`` /
 ``init_model`` and any of the run's checkpoints) and ``prune_train_summary.json``.
+A single-process run then evaluates the best (else last) checkpoint with
+``tools/test.py``'s code and, given ``--checkpoint``, the dense model too, and
+prints the side-by-side table (metric and delta, params, FLOPs, latency, size);
+``--no-compare`` skips it.
 
 Distributed runs on CPU (``torchrun --nproc_per_node N ... --launcher pytorch``):
 mmengine 0.10.7's launcher calls ``torch.cuda.set_device`` and gives DDP the
@@ -20,11 +24,13 @@ in ``MMDistributedDataParallel`` without device ids.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # tools/test.py
 
 import mmprune  # noqa: E402,F401  (registers mmprune types, safe checkpoint loading)
 from mmprune.apis import load_config  # noqa: E402
@@ -52,6 +58,9 @@ def parse_args(argv=None):
     p.add_argument('--amp', action='store_true', help='automatic mixed precision')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    p.add_argument('--no-compare', action='store_true',
+                   help='skip the final dense-vs-pruned evaluation (metric, size, latency)')
+    p.add_argument('--latency-runs', type=int, default=10, help='timed runs for the table')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config settings, as in the host tools')
     return p.parse_args(argv)
@@ -95,6 +104,36 @@ def init_cpu_dist(cfg, launcher: str) -> None:
     cfg.model_wrapper_cfg = wrapper
 
 
+def final_checkpoint(work_dir: str) -> str:
+    """The run's best checkpoint (``save_best``) if there is one, else its last."""
+    import glob
+    best = sorted(glob.glob(osp.join(work_dir, 'best_*.pth')), key=osp.getmtime)
+    if best:
+        return best[-1]
+    with open(osp.join(work_dir, 'last_checkpoint')) as f:
+        return f.read().strip()
+
+
+def compare(runner, pruned_config: str, args) -> dict:
+    """Evaluate the finetuned pruned model (and the dense start) with tools/test.py."""
+    from test import evaluate, table  # tools/test.py
+    ckpt = final_checkpoint(runner.work_dir)
+    opts = argparse.Namespace(cfg_options=None, latency_runs=args.latency_runs,
+                              work_dir=osp.join(runner.work_dir, 'compare'))
+    rows = [dict(tag='pruned', **evaluate(pruned_config, ckpt, opts, 'pruned'))]
+    if args.checkpoint:
+        dense_cfg = osp.join(runner.work_dir, 'dense_config.py')
+        dense = copy.deepcopy(runner.cfg)
+        dense.custom_hooks = [h for h in dense.get('custom_hooks', [])
+                              if 'PruningHook' not in str(h.get('type', ''))]
+        dense.load_from, dense.resume = None, False
+        atomic_write(dense_cfg, dense.dump, overwrite=True)
+        rows.append(dict(tag='dense', **evaluate(dense_cfg, args.checkpoint, opts, 'dense')))
+    text = table(rows)
+    print('\n' + text)
+    return dict(compare=rows, table=text)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config)
@@ -124,6 +163,11 @@ def main(argv=None) -> dict:
                    flops_ratio=hook.current['flops'] / hook.dense['flops'],
                    params_ratio=hook.current['params'] / hook.dense['params'],
                    metrics={k: float(v) for k, v in hook.last_metrics.items()})
+    if runner.world_size > 1 and not args.no_compare:
+        runner.logger.info('[mmprune] distributed run: for the dense-vs-pruned table run '
+                           'tools/test.py PRUNED_CONFIG CKPT --compare DENSE_CONFIG DENSE_CKPT')
+    elif not args.no_compare and getattr(hook, 'pruned_config', None):
+        summary.update(compare(runner, hook.pruned_config, args))
     if runner.rank == 0:
         path = osp.join(runner.work_dir, 'prune_train_summary.json')
         atomic_write(path, lambda p: json.dump(summary, open(p, 'w'), indent=1), overwrite=True)

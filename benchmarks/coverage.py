@@ -169,13 +169,79 @@ def dense_run(model, cfg, shape):
     return batch, train_batch, dense_out
 
 
+def build(config: str, shape):
+    """A zoo config's model with random init and nothing downloaded."""
+    import mmprune
+    cfg = mmprune.apis.load_config(config)
+    if cfg.model.get('teacher_config'):  # distillation: teacher from the same zoo, no download
+        teacher = cfg.model.teacher_config
+        if isinstance(teacher, str) and teacher.startswith('configs/'):
+            cfg.model.teacher_config = os.path.join(config_root(config.split('::')[0]),
+                                                    teacher[len('configs/'):])
+        cfg.model.teacher_ckpt = None
+    if cfg.model.get('teacher_ckpt'):  # LAD builds its teacher inline: random init, no download
+        cfg.model.teacher_ckpt = None
+    backbone = cfg.model.get('backbone') or {}
+    if 'img_size' in backbone:  # ViTs: position embeddings at the small test size
+        backbone['img_size'] = tuple(shape) if not isinstance(backbone['img_size'], int) \
+            else shape[0]
+    return mmprune.build_model(cfg)
+
+
+def check_pruned(model, cfg, structure, batch, dense_out, shape):
+    """The pruned model's checks, one stage at a time (a generator: yields each
+    stage's name before running it): tensor outputs keep their shapes, loss +
+    backward on a fresh training batch, predict, and a model rebuilt from the
+    structure (``mmprune.PrunedModel``'s builder) loads the weights strictly and
+    gives the same outputs."""
+    import copy
+
+    import torch
+    from mmengine.registry import init_default_scope
+
+    from mmprune.apis import _without_pretrained, drop_aliases
+    from mmprune.graph import make_batch, tensor_forward
+    from mmprune.models import build_pruned_model
+    yield 'tensor'
+    model.eval()
+    with torch.no_grad():
+        out = tensor_forward(model, batch)
+    shapes = [o.shape for o in out]
+    if shapes != dense_out:
+        raise AssertionError(f'output shapes changed: {dense_out[:4]} -> {shapes[:4]}')
+    yield 'loss'
+    model.train()  # a fresh batch: some hosts consume their inputs (Fast R-CNN's proposals)
+    train_batch = make_batch(model, cfg, shape, batch_size=2, training=True, seed=1)
+    loss, _ = model.parse_losses(
+        model(train_batch['inputs'], train_batch['data_samples'], mode='loss'))
+    if not torch.isfinite(loss):
+        raise AssertionError(f'loss is {loss}')
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    yield 'predict'
+    model.eval()
+    with torch.no_grad():
+        model(batch['inputs'], batch['data_samples'], mode='predict')
+    yield 'reload'
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    arch = _without_pretrained(copy.deepcopy(cfg.model))
+    rebuilt = build_pruned_model(arch, structure)
+    rebuilt.load_state_dict(drop_aliases(model.state_dict(), rebuilt.state_dict()), strict=True)
+    rebuilt.eval()
+    with torch.no_grad():  # same seed: some heads draw random bases (SegNeXt's NMF)
+        torch.manual_seed(0)
+        again = tensor_forward(rebuilt, batch)
+        torch.manual_seed(0)
+        out = tensor_forward(model, batch)
+    if not all(torch.allclose(a, b, atol=1e-5) for a, b in zip(out, again)):
+        raise AssertionError('rebuilt model gives different outputs')
+
+
 def run_one(config: str, ratio: float, shape) -> dict:
     """All stages for one config, in this process. Returns a record."""
     import torch
 
     import mmprune
-    from mmprune.graph import make_batch, tensor_forward
-    from mmprune.models import build_pruned_model
 
     torch.manual_seed(0)
     rec: dict = dict(config=config, stage=None, reason=None, stage_s={})
@@ -194,20 +260,7 @@ def run_one(config: str, ratio: float, shape) -> dict:
     stage = None
     stage = enter('build')
     try:
-        cfg = mmprune.apis.load_config(config)
-        if cfg.model.get('teacher_config'):  # distillation: teacher from the same zoo, no download
-            teacher = cfg.model.teacher_config
-            if isinstance(teacher, str) and teacher.startswith('configs/'):
-                cfg.model.teacher_config = os.path.join(config_root(config.split('::')[0]),
-                                                        teacher[len('configs/'):])
-            cfg.model.teacher_ckpt = None
-        if cfg.model.get('teacher_ckpt'):  # LAD builds its teacher inline: random init, no download
-            cfg.model.teacher_ckpt = None
-        backbone = cfg.model.get('backbone') or {}
-        if 'img_size' in backbone:  # ViTs: position embeddings at the small test size
-            backbone['img_size'] = tuple(shape) if not isinstance(backbone['img_size'], int) \
-                else shape[0]
-        model, cfg = mmprune.build_model(cfg)
+        model, cfg = build(config, shape)
         stage = enter('dense')
         shapes = candidate_shapes(model, cfg, shape)
         for i, shape in enumerate(shapes):
@@ -225,42 +278,8 @@ def run_one(config: str, ratio: float, shape) -> dict:
         rec.update(prune_s=round(time.perf_counter() - t0, 2),
                    params=list(result.params), flops=list(result.flops),
                    output_layers=result.output_layers)
-        stage = enter('tensor')
-        model.eval()
-        with torch.no_grad():
-            out = tensor_forward(model, batch)
-        shapes = [o.shape for o in out]
-        if shapes != dense_out:
-            raise AssertionError(f'output shapes changed: {dense_out[:4]} -> {shapes[:4]}')
-        stage = enter('loss')
-        model.train()  # a fresh batch: some hosts consume their inputs (Fast R-CNN's proposals)
-        train_batch = make_batch(model, cfg, shape, batch_size=2, training=True, seed=1)
-        loss, _ = model.parse_losses(
-            model(train_batch['inputs'], train_batch['data_samples'], mode='loss'))
-        if not torch.isfinite(loss):
-            raise AssertionError(f'loss is {loss}')
-        loss.backward()
-        stage = enter('predict')
-        model.eval()
-        with torch.no_grad():
-            model(batch['inputs'], batch['data_samples'], mode='predict')
-        stage = enter('reload')
-        from mmengine.registry import init_default_scope
-        init_default_scope(cfg.get('default_scope', 'mmdet'))
-        import copy
-        from mmprune.apis import _without_pretrained, drop_aliases
-        arch = _without_pretrained(copy.deepcopy(cfg.model))
-        rebuilt = build_pruned_model(arch, result.structure)
-        rebuilt.load_state_dict(drop_aliases(model.state_dict(), rebuilt.state_dict()),
-                                strict=True)
-        rebuilt.eval()
-        with torch.no_grad():  # same seed: some heads draw random bases (SegNeXt's NMF)
-            torch.manual_seed(0)
-            again = tensor_forward(rebuilt, batch)
-            torch.manual_seed(0)
-            out = tensor_forward(model, batch)
-        if not all(torch.allclose(a, b, atol=1e-5) for a, b in zip(out, again)):
-            raise AssertionError('rebuilt model gives different outputs')
+        for name in check_pruned(model, cfg, result.structure, batch, dense_out, shape):
+            stage = enter(name)
         stage = enter(None)
     except BaseException as e:  # noqa: BLE001 - every failure is recorded
         rec['reason'] = f'{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}'

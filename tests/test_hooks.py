@@ -63,22 +63,36 @@ def test_progressive_hook_through_host_train_then_resume(coco, tmp_path):
     assert abs(float(steps[-1][2]) / 100 - 0.5) <= 0.02 * 0.5
     assert re.search(r'loss: \d+\.\d+', full.split('step 2/2')[-1])  # trained on after step 2
 
-    # killed (SIGKILL) right after epoch 1's checkpoint, i.e. after the first pruning step
+    # killed (SIGKILL) twice: inside the second pruning step (epoch 2 starts from epoch 1's
+    # checkpoint), then, resumed, half-way through writing epoch 2's checkpoint (a torn
+    # file); each resume starts from the last complete checkpoint and ends the same
     part = tmp_path / 'part'
     killed = tmp_path / 'killed.py'
     killed.write_text(f"_base_ = '{DET_CFG}'\ncustom_imports = dict(imports=['kill_hook'])\n"
                       "custom_hooks = [dict(type='mmprune.PruningHook', importance='l2', "
-                      "target_flops=0.5, begin=0, end=2), dict(type='KillAfterEpoch', epoch=1)]\n")
-    proc = subprocess.run([sys.executable, train, str(killed), '--work-dir', str(part),
-                           *_coco_opts(coco)], capture_output=True, text=True, cwd=str(tmp_path),
-                          timeout=900, env=dict(os.environ, OMP_NUM_THREADS='1',
-                                                PYTHONPATH=f'{ROOT}:{ROOT}/tests'))
-    assert proc.returncode == -9, proc.stderr[-3000:]
+                      "target_flops=0.5, begin=0, end=2), dict(type='KillDuringPruning', epoch=1), "
+                      "dict(type='KillDuringCheckpointWrite', epoch=2)]\n")
+
+    def killed_run(*extra):
+        proc = subprocess.run([sys.executable, train, str(killed), '--work-dir', str(part), *extra,
+                               *_coco_opts(coco)], capture_output=True, text=True,
+                              cwd=str(tmp_path), timeout=900,
+                              env=dict(os.environ, OMP_NUM_THREADS='1',
+                                       PYTHONPATH=f'{ROOT}:{ROOT}/tests'))
+        assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+    log = killed_run()
+    assert 'step 1/2' in log and 'step 2/2' not in log
     assert (part / 'epoch_1.pth').exists() and not (part / 'epoch_2.pth').exists()
+    log = killed_run('--resume')
+    assert 'rebuilt from the checkpoint; steps done: [0]' in log and 'step 2/2' in log
+    torn = (part / 'epoch_2.pth').stat().st_size
+    assert open(part / 'last_checkpoint').read().strip().endswith('epoch_1.pth')
     resumed = _run([sys.executable, train, DET_CFG, '--work-dir', str(part), '--resume',
                     *_coco_opts(coco)], cwd=str(tmp_path))
     assert 'rebuilt from the checkpoint; steps done: [0]' in resumed
     assert STEP.findall(resumed)[-1][3] == steps[-1][3]  # same final structure hash
+    assert (part / 'epoch_2.pth').stat().st_size > torn  # the torn file was rewritten whole
     ckpt = torch.load(part / 'epoch_3.pth', weights_only=True)  # loads under weights_only
     assert ckpt['meta']['mmprune']['hash'] == steps[-1][3]
     assert ckpt['meta']['mmprune']['done'] == [0, 1]

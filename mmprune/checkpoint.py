@@ -9,6 +9,7 @@ torch's allow-list. mmprune's own checkpoints hold only tensors and plain data.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from typing import Any, Callable, Dict
 
@@ -43,10 +44,31 @@ def _history_state(self) -> dict:
     return state
 
 
+#: the only ``getattr`` a checkpoint may pickle: mmengine's default statistics
+HISTORY_STATISTICS = ('min', 'max', 'current', 'mean')
+
+
+def history_getattr(obj: Any, name: str) -> Any:
+    """Stands in for ``builtins.getattr`` under ``weights_only=True``.
+
+    Checkpoints that mmengine saved without mmprune imported pickle
+    ``getattr(HistoryBuffer, 'min')`` (and max/current/mean). This resolves
+    exactly those four and refuses anything else, so the safe loader reads
+    the host's own checkpoints without allowing ``getattr`` in general.
+    """
+    from mmengine.logging import HistoryBuffer
+    if obj is HistoryBuffer and name in HISTORY_STATISTICS:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f'refused getattr({getattr(obj, "__name__", type(obj).__name__)}, {name!r}) in a '
+        f'checkpoint: only HistoryBuffer statistics {HISTORY_STATISTICS} are allowed')
+
+
 def allow_mmengine_types() -> None:
     """Let ``torch.load(weights_only=True)`` read mmengine Runner checkpoints.
 
-    Adds mmengine's few data types to torch's allow-list, and makes the
+    Adds mmengine's few data types to torch's allow-list (and
+    :func:`history_getattr` in place of ``getattr``), and makes the
     checkpoints saved from then on free of pickled functions (see
     :func:`_history_state`).
     """
@@ -54,7 +76,7 @@ def allow_mmengine_types() -> None:
     HistoryBuffer.__getstate__ = _history_state
     add = getattr(torch.serialization, 'add_safe_globals', None)
     if add is not None:
-        add(_safe_types())
+        add(_safe_types() + [(history_getattr, 'builtins.getattr')])
 
 
 def load_checkpoint_file(path: str) -> Dict[str, Any]:

@@ -55,6 +55,27 @@ class TensorGraph(nn.Module):
         return tuple(flat)
 
 
+def export(graph: nn.Module, image: torch.Tensor, out: str, opset: int = 17) -> tuple:
+    """Write ``graph(image)`` to ONNX at ``out`` (through a temporary file, so a
+    failure leaves nothing behind); returns PyTorch's outputs for the check."""
+    with torch.no_grad():
+        reference = graph(image)
+    tmp = out + '.tmp'
+    try:
+        torch.onnx.export(graph, (image,), tmp, opset_version=opset, dynamo=False,
+                          input_names=['image'],
+                          output_names=[f'out{i}' for i in range(len(reference))])
+    except Exception as e:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        hint = (' (ONNX adaptive pooling needs output sizes that divide the input: choose an '
+                '--input-shape whose feature maps divide the pooling sizes, e.g. PSPNet at a '
+                'multiple of 48)') if 'adaptive' in str(e) else ''
+        raise SystemExit(f'ONNX export failed: {type(e).__name__}: {str(e)[:300]}{hint}') from e
+    os.replace(tmp, out)
+    return reference
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config')
@@ -80,21 +101,7 @@ def main(argv=None) -> dict:
     out = args.out or f'{stem}.onnx'
     if osp.exists(out) and not args.overwrite:
         raise SystemExit(f'{out} exists; pass --overwrite to replace it')
-    with torch.no_grad():
-        reference = graph(image)
-    tmp = out + '.tmp'
-    try:
-        torch.onnx.export(graph, (image,), tmp, opset_version=args.opset, dynamo=False,
-                          input_names=['image'],
-                          output_names=[f'out{i}' for i in range(len(reference))])
-    except Exception as e:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        hint = (' (ONNX adaptive pooling needs output sizes that divide the input: choose an '
-                '--input-shape whose feature maps divide the pooling sizes, e.g. PSPNet at a '
-                'multiple of 48)') if 'adaptive' in str(e) else ''
-        raise SystemExit(f'ONNX export failed: {type(e).__name__}: {str(e)[:300]}{hint}') from e
-    os.replace(tmp, out)
+    reference = export(graph, image, out, args.opset)
 
     import onnxruntime as ort
     session = ort.InferenceSession(out, providers=['CPUExecutionProvider'])

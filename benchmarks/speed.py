@@ -1,0 +1,235 @@
+"""Real speed-ups: dense vs pruned latency, side by side in one process.
+
+    python benchmarks/speed.py [--models retinanet_r50 ...] [--targets 0.7 0.5 0.3]
+                               [--shape 512 512] [--runs 10] [--no-onnx] [--round-to N]
+                               [--out benchmarks/results/speed_DATE.json]
+
+For each model (random init; speed does not depend on the weights) the
+dense model is pruned with ``mmprune.prune(target_flops=t)`` for each target,
+then every variant's tensor-mode forward at batch 1 is timed *interleaved*
+(run k of every variant before run k+1 of any, order rotated, two warm-up
+calls each; medians), in PyTorch eager on CPU, in ONNX Runtime on CPU (not for
+two-stage detectors, whose RoI head needs the RPN's proposals in the graph),
+and on GPU when one is present. Efficiency = speed-up / (dense FLOPs / pruned
+FLOPs): 1.0 means the FLOPs saved turn fully into time saved.
+
+Also timed: ``mmprune.prune`` at a fixed ratio (0.5, l2: graph build, scoring,
+pruning, structure) against the same prune written by hand with raw
+torch-pruning (``MetaPruner`` + ``GroupMagnitudeImportance``, given the output
+layers mmprune found, forward in ``mode='tensor'``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+
+MODELS = {
+    'retinanet_r50': 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
+    'faster_rcnn_r50': 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
+    'mask_rcnn_r50': 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+    'pspnet_r50': 'mmseg::pspnet/pspnet_r50-d8_4xb2-40k_cityscapes-512x1024.py',
+    'deeplabv3plus_r50': 'mmseg::deeplabv3plus/deeplabv3plus_r50-d8_4xb2-40k_cityscapes-512x1024.py',
+    'segformer_b0': 'mmseg::segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py',
+}
+
+
+def interleaved_ms(fns: dict, runs: int, sync=None) -> dict:
+    """Median ms per callable, timing run k of each before run k+1 of any."""
+    names = list(fns)
+    times = {n: [] for n in names}
+    for i in range(runs + 2):
+        order = names[i % len(names):] + names[:i % len(names)]
+        for n in order:
+            if sync:
+                sync()
+            t0 = time.perf_counter()
+            fns[n]()
+            if sync:
+                sync()
+            if i >= 2:
+                times[n].append((time.perf_counter() - t0) * 1000)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def raw_torch_pruning(model, batch, output_layers: list, ratio: float) -> float:
+    """The same prune by hand with torch-pruning; returns its wall time in s."""
+    import torch_pruning as tp
+
+    from mmprune.graph import tensor_forward
+    modules = dict(model.named_modules())
+    ignored = [modules[n] for n in output_layers if n in modules]
+    model.eval()
+    t0 = time.perf_counter()
+    pruner = tp.pruner.MetaPruner(
+        model, example_inputs=batch, importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=ratio, ignored_layers=ignored,
+        forward_fn=lambda m, b: tensor_forward(m, b))
+    pruner.step()
+    return time.perf_counter() - t0
+
+
+def bench_model(name: str, config: str, args) -> dict:
+    import torch
+
+    import mmprune
+    from mmprune.graph import make_batch, tensor_forward
+    from mmprune.pruner import count_flops_params
+    shape = tuple(args.shape)
+    dense, cfg = mmprune.build_model(config)
+    dense.eval()
+    batch = make_batch(dense, cfg, shape)
+    flops0, params0 = count_flops_params(dense, batch)
+    rec = dict(model=name, config=config, shape=list(shape), dense=dict(flops=flops0,
+                                                                          params=params0))
+    # prune time: mmprune vs raw torch-pruning, both at ratio 0.5 from the dense model
+    m = copy.deepcopy(dense)
+    t0 = time.perf_counter()
+    res = mmprune.prune(m, 0.5, cfg=cfg, input_shape=shape, round_to=args.round_to)
+    rec['mmprune_prune_s'] = round(time.perf_counter() - t0, 2)
+    try:
+        rec['raw_tp_prune_s'] = round(raw_torch_pruning(copy.deepcopy(dense), batch,
+                                                        res.output_layers, 0.5), 2)
+    except Exception as e:  # noqa: BLE001 - raw torch-pruning fails on some families
+        rec['raw_tp_prune_s'] = None
+        rec['raw_tp_error'] = f'{type(e).__name__}: {str(e)[:200]}'
+    variants = {'dense': dense}
+    rec['pruned'] = {}
+    for t in args.targets:
+        m = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        res = mmprune.prune(m, cfg=cfg, input_shape=shape, target_flops=t, round_to=args.round_to)
+        m.eval()
+        variants[f'{t:g}'] = m
+        rec['pruned'][f'{t:g}'] = dict(flops=res.flops[1], params=res.params[1],
+                                       flops_ratio=res.flops[1] / res.flops[0],
+                                       prune_s=round(time.perf_counter() - t0, 2))
+    with torch.no_grad():
+        eager = interleaved_ms({k: (lambda v=v: tensor_forward(v, batch))
+                                for k, v in variants.items()}, args.runs)
+    rec['eager_cpu_ms'] = {k: round(v, 2) for k, v in eager.items()}
+    if torch.cuda.is_available():
+        gbatch = dict(inputs=batch['inputs'].cuda(), data_samples=batch['data_samples'])
+        for v in variants.values():
+            v.cuda()
+        with torch.no_grad():
+            gpu = interleaved_ms({k: (lambda v=v: tensor_forward(v, gbatch))
+                                  for k, v in variants.items()}, args.runs, torch.cuda.synchronize)
+        for v in variants.values():
+            v.cpu()
+        rec['eager_gpu_ms'] = {k: round(v, 3) for k, v in gpu.items()}
+    two_stage = getattr(dense, 'roi_head', None) is not None
+    if args.onnx and not two_stage:
+        rec['ort_cpu_ms'] = onnx_ms(variants, batch['inputs'], args, name)
+    elif two_stage:
+        rec['ort_note'] = 'two-stage: RoI head needs proposals in the graph (mmdeploy)'
+    return rec
+
+
+def onnx_ms(variants: dict, image, args, name: str) -> dict:
+    import tempfile
+
+    import onnxruntime as ort
+
+    from export_onnx import TensorGraph, export  # tools/export_onnx.py
+    sessions = {}
+    opts = ort.SessionOptions()
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, v in variants.items():
+            path = os.path.join(tmp, f'{name}_{k}.onnx')
+            export(TensorGraph(v).eval(), image, path)
+            sessions[k] = ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
+    feed = {'image': image.numpy()}
+    ms = interleaved_ms({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()},
+                        args.runs)
+    return {k: round(v, 2) for k, v in ms.items()}
+
+
+def rows(rec: dict) -> list:
+    out = []
+    for t, p in rec['pruned'].items():
+        row = dict(model=rec['model'], target=t, flops_ratio=p['flops_ratio'], prune_s=p['prune_s'])
+        for key in ('eager_cpu_ms', 'ort_cpu_ms', 'eager_gpu_ms'):
+            if key in rec:
+                sp = rec[key]['dense'] / rec[key][t]
+                row[key.replace('_ms', '_speedup')] = sp
+                row[key.replace('_ms', '_eff')] = sp * p['flops_ratio']
+        out.append(row)
+    return out
+
+
+def table(records: list) -> str:
+    cols = [('eager_cpu', 'eager CPU'), ('ort_cpu', 'ORT CPU'), ('eager_gpu', 'eager GPU')]
+    cols = [c for c in cols if any(f'{c[0]}_speedup' in r for rec in records for r in rows(rec))]
+    head = '| model | target | FLOPs | ' + ' | '.join(f'{h} speed-up | eff.' for _, h in cols) + \
+        ' | prune s |'
+    lines = [head, '|' + '---|' * (4 + 2 * len(cols))]
+    for rec in records:
+        dense = ' | '.join(f'{rec[f"{c}_ms"]["dense"]:.1f} ms | 1.00' if f'{c}_ms' in rec
+                           else '- | -' for c, _ in cols)
+        lines.append(f'| {rec["model"]} | dense | 100% | {dense} | - |')
+        for r in rows(rec):
+            cells = []
+            for c, _ in cols:
+                if f'{c}_speedup' in r:
+                    cells += [f'{r[f"{c}_speedup"]:.2f}x', f'{r[f"{c}_eff"]:.2f}']
+                else:
+                    cells += ['-', '-']
+            lines.append(f'| {rec["model"]} | {r["target"]} | {100 * r["flops_ratio"]:.1f}% | '
+                         + ' | '.join(cells) + f' | {r["prune_s"]} |')
+    lines.append('')
+    lines.append('| model | mmprune.prune(0.5) s | raw torch-pruning s | ratio |')
+    lines.append('|---|---|---|---|')
+    for rec in records:
+        raw = rec.get('raw_tp_prune_s')
+        ratio = f'{rec["mmprune_prune_s"] / raw:.2f}' if raw else '-'
+        lines.append(f'| {rec["model"]} | {rec["mmprune_prune_s"]} | '
+                     f'{raw if raw else "failed: " + rec.get("raw_tp_error", "")[:80]} | {ratio} |')
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--models', nargs='+', default=list(MODELS),
+                   help=f'names from {list(MODELS)} or config paths')
+    p.add_argument('--targets', type=float, nargs='+', default=[0.7, 0.5, 0.3])
+    p.add_argument('--shape', type=int, nargs=2, default=(512, 512))
+    p.add_argument('--runs', type=int, default=10)
+    p.add_argument('--round-to', type=int)
+    p.add_argument('--no-onnx', dest='onnx', action='store_false')
+    p.add_argument('--out', default=os.path.join(
+        ROOT, 'benchmarks', 'results', f'speed_{time.strftime("%Y-%m-%d")}.json'))
+    args = p.parse_args(argv)
+    import torch
+
+    from mmprune.checkpoint import atomic_write
+    records = []
+    for name in args.models:
+        config = MODELS.get(name, name)
+        if name not in MODELS:
+            name = os.path.splitext(os.path.basename(name))[0]
+        t0 = time.time()
+        records.append(bench_model(name, config, args))
+        print(f'{name}: {time.time() - t0:.0f} s', flush=True)
+    text = table(records)
+    print('\n' + text)
+    info = dict(torch=torch.__version__, threads=torch.get_num_threads(),
+                cpu=os.cpu_count(), gpu=torch.cuda.get_device_name() if torch.cuda.is_available()
+                else None)
+    atomic_write(args.out, lambda f: json.dump(dict(info=info, args=vars(args), table=text,
+                                                    records=records), open(f, 'w'), indent=1),
+                 overwrite=True)
+    print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

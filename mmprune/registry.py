@@ -4,6 +4,7 @@
 scoped type such as ``type='mmprune.PrunedModel'`` resolves from an mmdet or
 mmseg config without ``custom_imports``.
 """
+from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
@@ -17,3 +18,4 @@ OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS,
 OPTIM_WRAPPER_CONSTRUCTORS = Registry('optimizer wrapper constructor',
                                       parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
                                       locations=['mmprune.sparse'])
+DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, locations=['mmprune.shapes'])

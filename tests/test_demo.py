@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import ROOT
@@ -30,7 +31,6 @@ def test_shapes_are_deterministic_and_consistent(tmp_path):
             assert (mask[y0:y0 + h, x0:x0 + w] == x['category_id']).mean() > 0.3
     assert set(np.unique(mask)) <= {0, 1, 2, 3}
     ensure_shapes(a)  # a second call reads what is there
-    import pytest
     with pytest.raises(ValueError, match='seed'):
         ensure_shapes(a, seed=1)
     (tmp_path / 'c').mkdir()
@@ -55,8 +55,10 @@ def test_registered_for_mmdet_and_mmseg(tmp_path):
     assert len(seg) == 240 and seg.metainfo['classes'][0] == 'background'
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
-    """README command one, shortened: 1 dense epoch, 2 finetune iterations."""
+    """README command one, shortened: 1 dense epoch, 2 finetune iterations (about 1 min
+    alone on 2 cores; `pytest -m slow`)."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'demo.py'),
                            '--work-dir', str(tmp_path / 'demo'), '--data-root',
                            str(tmp_path / 'shapes'), '--epochs', '1', '--finetune-iters', '2'],

@@ -24,13 +24,14 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
+
+from test import interleaved_ms  # noqa: E402  (tools/test.py)
 
 MODELS = {
     'retinanet_r50': 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
@@ -40,24 +41,6 @@ MODELS = {
     'deeplabv3plus_r50': 'mmseg::deeplabv3plus/deeplabv3plus_r50-d8_4xb2-40k_cityscapes-512x1024.py',
     'segformer_b0': 'mmseg::segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py',
 }
-
-
-def interleaved_ms(fns: dict, runs: int, sync=None) -> dict:
-    """Median ms per callable, timing run k of each before run k+1 of any."""
-    names = list(fns)
-    times = {n: [] for n in names}
-    for i in range(runs + 2):
-        order = names[i % len(names):] + names[:i % len(names)]
-        for n in order:
-            if sync:
-                sync()
-            t0 = time.perf_counter()
-            fns[n]()
-            if sync:
-                sync()
-            if i >= 2:
-                times[n].append((time.perf_counter() - t0) * 1000)
-    return {n: statistics.median(v) for n, v in times.items()}
 
 
 def raw_torch_pruning(model, batch, output_layers: list, ratio: float) -> float:

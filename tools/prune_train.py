@@ -116,7 +116,7 @@ def final_checkpoint(work_dir: str) -> str:
 
 def compare(runner, pruned_config: str, args) -> dict:
     """Evaluate the finetuned pruned model (and the dense start) with tools/test.py."""
-    from test import evaluate, table  # tools/test.py
+    from test import evaluate, side_by_side_latency, table  # tools/test.py
     ckpt = final_checkpoint(runner.work_dir)
     opts = argparse.Namespace(cfg_options=None, latency_runs=args.latency_runs,
                               work_dir=osp.join(runner.work_dir, 'compare'))
@@ -129,6 +129,7 @@ def compare(runner, pruned_config: str, args) -> dict:
         dense.load_from, dense.resume = None, False
         atomic_write(dense_cfg, dense.dump, overwrite=True)
         rows.append(dict(tag='dense', **evaluate(dense_cfg, args.checkpoint, opts, 'dense')))
+        side_by_side_latency(rows, opts)
     text = table(rows)
     print('\n' + text)
     return dict(compare=rows, table=text)

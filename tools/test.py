@@ -60,6 +60,50 @@ def median_ms(fn, runs: int, sync=None) -> float:
     return statistics.median(times)
 
 
+def interleaved_ms(fns: dict, runs: int, sync=None) -> dict:
+    """Median ms per callable, timing run k of each before run k+1 of any (order
+    rotated, two warm-up rounds), so that load on the machine hits all alike."""
+    names = list(fns)
+    times = {n: [] for n in names}
+    for i in range(runs + 2):
+        order = names[i % len(names):] + names[:i % len(names)]
+        for n in order:
+            if sync:
+                sync()
+            t0 = time.perf_counter()
+            fns[n]()
+            if sync:
+                sync()
+            if i >= 2:
+                times[n].append((time.perf_counter() - t0) * 1000)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def side_by_side_latency(rows: list, args) -> None:
+    """Re-time the compared models' forwards interleaved (one input, same process)."""
+    models = {}
+    for r in rows:
+        cfg = load_config(r['config'])
+        if args.cfg_options:
+            cfg.merge_from_dict(args.cfg_options)
+        models[r['tag']] = build_model(cfg, r['checkpoint'])[0].eval()
+    first = next(iter(models.values()))
+    batch = make_batch(first, first.cfg)
+    devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+    for device in devices:
+        b = dict(inputs=batch['inputs'].to(device), data_samples=batch['data_samples'])
+        with torch.no_grad():
+            ms = interleaved_ms({t: (lambda m=m.to(device): tensor_forward(m, b))
+                                 for t, m in models.items()}, args.latency_runs,
+                                torch.cuda.synchronize if device == 'cuda' else None)
+        for r in rows:
+            r[f'{"gpu" if device == "cuda" else "cpu"}_latency_ms'] = round(ms[r['tag']],
+                                                                          2 if device == 'cpu'
+                                                                          else 3)
+    for m in models.values():
+        m.to('cpu')
+
+
 def latency_ms(model, batch, runs: int, device: str = 'cpu') -> float:
     """Median wall time of the tensor-mode forward at batch 1 on ``device``."""
     model = model.to(device).eval()
@@ -117,8 +161,9 @@ def table(rows: list) -> str:
                      f'{r["flops"] / 1e9:>10.4f}G{r["cpu_latency_ms"]:>9.2f}{gpu:>9s}'
                      f'{r["size_mb"]:>9.2f}')
     shape = 'x'.join(map(str, rows[0]['input_shape']))
+    how = ', models interleaved' if len(rows) > 1 else ''
     lines.append(f'(FLOPs: MACs at {shape}, torch-pruning counter; latency: median tensor-mode '
-                 f'forward, batch 1; delta vs {base["tag"]})')
+                 f'forward, batch 1{how}; delta vs {base["tag"]})')
     return '\n'.join(lines)
 
 
@@ -130,6 +175,7 @@ def main(argv=None) -> dict:
     if args.compare:
         rows[0]['tag'] = 'pruned'
         rows.append(dict(tag='dense', **evaluate(*args.compare, args, 'dense')))
+        side_by_side_latency(rows, args)
     text = table(rows)
     print('\n' + text)
     summary = dict(rows=rows, table=text)

@@ -547,10 +547,29 @@ def _prune_steps(model: nn.Module, batch: Dict[str, Any], importance, ratio: flo
             pruning_ratio_dict=ratio_dict or None, ignored_layers=keep,
             customized_pruners=customized_pruners_for(model),
             forward_fn=tensor_forward, **options)
+        _name_importance_failures(pruner, name)
         try:
             _run_steps(model, pruner, imp, name, data, num_batches, options['iterative_steps'])
         finally:
             CONCAT_LAYOUT.clear()  # it holds the traced autograd graph
+
+
+def _name_importance_failures(pruner, name: str) -> None:
+    """A criterion that fails on a group (torch-pruning's score reduction meets
+    an index layout it does not expect, e.g. BN scales behind a concat) raises
+    one error naming the group's layer instead of a bare IndexError."""
+    real = pruner.estimate_importance
+
+    def estimate(group):
+        try:
+            return real(group)
+        except Exception as e:
+            root = group[0][0].target._name
+            raise RuntimeError(
+                f'importance {name!r} failed on the channels of layer {root!r} and the layers '
+                f'coupled with it ({type(e).__name__}: {e}); the model is restored. Choose '
+                f'another importance, or add {root!r} to ignored_layers.') from e
+    pruner.estimate_importance = estimate
 
 
 def _run_steps(model: nn.Module, pruner, imp, name: str, data, num_batches: int,

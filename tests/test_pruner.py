@@ -183,6 +183,29 @@ def test_failure_midway_restores_the_model_and_names_the_layer(retina, monkeypat
     assert state_equal(sd, model.state_dict())
 
 
+def test_criterion_failing_on_a_group_names_the_layer(retina, monkeypatch):
+    """torch-pruning's score reduction can fail on a group (seen: bn_scale on RTMDet's
+    channel attention, index out of bounds); the error names the layer, model unchanged."""
+    model, cfg = fresh(retina)
+    sd = copy.deepcopy(model.state_dict())
+    shape = snapshot(model)
+    original = tp.importance.GroupMagnitudeImportance.__call__
+    calls = []
+
+    def score_then_fail(self, group, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise IndexError('index 48 is out of bounds for dimension 0 with size 48')
+        return original(self, group, *args, **kwargs)
+
+    monkeypatch.setattr(tp.importance.GroupMagnitudeImportance, '__call__', score_then_fail)
+    with pytest.raises(RuntimeError, match=r"importance 'l2' failed on the channels of layer "
+                                           r"'[\w.]+'.*add '[\w.]+' to ignored_layers"):
+        mmprune.prune(model, pruning_ratio=0.5, cfg=cfg, input_shape=SHAPE)
+    assert snapshot(model) == shape
+    assert state_equal(sd, model.state_dict())
+
+
 def _with_train_data(cfg, root, n):
     from conftest import CLASSES, make_coco
     make_coco(root, n=n)

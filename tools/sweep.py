@@ -26,7 +26,7 @@ import mmprune  # noqa: E402
 from mmprune.apis import build_model, load_config  # noqa: E402
 from mmprune.checkpoint import atomic_write  # noqa: E402
 
-from test import evaluate, main_metric  # noqa: E402  (tools/test.py)
+from test import evaluate, main_metric, side_by_side_latency  # noqa: E402  (tools/test.py)
 
 
 def parse_args(argv=None):
@@ -43,8 +43,11 @@ def parse_args(argv=None):
     p.add_argument('--work-dir')
     p.add_argument('--latency-runs', type=int, default=10)
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    p.add_argument('--retime', action='store_true',
+                   help='only re-time the models of an earlier sweep in --work-dir (e.g. on a '
+                        'quiet machine) and rewrite its table and plot')
     args = p.parse_args(argv)
-    if not args.ratios and not args.target_flops:
+    if not args.ratios and not args.target_flops and not args.retime:
         p.error('give --ratios and/or --target-flops')
     return args
 
@@ -91,11 +94,47 @@ def plot(rows: list, key: str, path: str) -> None:
     plt.close(fig)
 
 
+def finish(rows: list, args) -> dict:
+    """Time all sizes interleaved in one process, then write the table, JSON and plot."""
+    for r in rows:
+        r['tag'] = r['size']
+    side_by_side_latency(rows, args)
+    key = main_metric(rows[0]['metrics'])
+    dense = rows[0]
+    lines = [f'| size | {key} | delta | params (M) | FLOPs (G) | FLOPs ratio | CPU ms | speed-up |',
+             '|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        v = r['metrics'].get(key, float('nan'))
+        lines.append(f"| {r['size']} | {v:.4f} | {v - dense['metrics'].get(key, float('nan')):+.4f} "
+                     f"| {r['params'] / 1e6:.3f} | {r['flops'] / 1e9:.4f} | "
+                     f"{r['flops'] / dense['flops']:.1%} | {r['cpu_latency_ms']:.2f} | "
+                     f"{dense['cpu_latency_ms'] / r['cpu_latency_ms']:.2f}x |")
+    shape_txt = 'x'.join(map(str, dense['input_shape']))
+    finetune_iters = max((r.get('finetune_iters') or 0 for r in rows), default=0)
+    lines.append(f'\n{args.importance} importance; finetune {finetune_iters} iterations per '
+                 f'size; FLOPs = MACs at {shape_txt}; CPU latency = median tensor-mode forward, batch 1, '
+                 f'all sizes interleaved in one process ({args.latency_runs} runs).')
+    text = '\n'.join(lines)
+    print('\n' + text)
+    atomic_write(osp.join(args.work_dir, 'sweep.md'), lambda p: open(p, 'w').write(text + '\n'),
+                 overwrite=True)
+    atomic_write(osp.join(args.work_dir, 'sweep.json'),
+                 lambda p: json.dump(dict(rows=rows, metric=key, importance=args.importance),
+                                     open(p, 'w'), indent=1),
+                 overwrite=True)
+    plot(rows, key, osp.join(args.work_dir, 'sweep.png'))
+    return dict(rows=rows, metric=key)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     name = osp.splitext(osp.basename(args.config))[0]
     args.work_dir = args.work_dir or osp.join('work_dirs', f'sweep_{name}')
     os.makedirs(args.work_dir, exist_ok=True)
+    if args.retime:
+        earlier = json.load(open(osp.join(args.work_dir, 'sweep.json')))
+        args.importance = earlier.get('importance', args.importance)
+        return finish(earlier['rows'], args)
     cfg = load_config(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -127,28 +166,7 @@ def main(argv=None) -> dict:
         rows.append(dict(size=tag, finetune_iters=args.finetune_iters,
                          **evaluate(cfg_path, ckpt, args, tag)))
         progress.update()
-    key = main_metric(rows[0]['metrics'])
-    dense = rows[0]
-    lines = [f'| size | {key} | delta | params (M) | FLOPs (G) | FLOPs ratio | CPU ms | speed-up |',
-             '|---|---|---|---|---|---|---|---|']
-    for r in rows:
-        v = r['metrics'].get(key, float('nan'))
-        lines.append(f"| {r['size']} | {v:.4f} | {v - dense['metrics'].get(key, float('nan')):+.4f} "
-                     f"| {r['params'] / 1e6:.3f} | {r['flops'] / 1e9:.4f} | "
-                     f"{r['flops'] / dense['flops']:.1%} | {r['cpu_latency_ms']:.2f} | "
-                     f"{dense['cpu_latency_ms'] / r['cpu_latency_ms']:.2f}x |")
-    shape_txt = 'x'.join(map(str, dense['input_shape']))
-    lines.append(f'\n{args.importance} importance; finetune {args.finetune_iters} iterations per '
-                 f'size; FLOPs = MACs at {shape_txt}; CPU latency = median tensor-mode forward.')
-    text = '\n'.join(lines)
-    print('\n' + text)
-    atomic_write(osp.join(args.work_dir, 'sweep.md'), lambda p: open(p, 'w').write(text + '\n'),
-                 overwrite=True)
-    atomic_write(osp.join(args.work_dir, 'sweep.json'),
-                 lambda p: json.dump(dict(rows=rows, metric=key), open(p, 'w'), indent=1),
-                 overwrite=True)
-    plot(rows, key, osp.join(args.work_dir, 'sweep.png'))
-    return dict(rows=rows, metric=key)
+    return finish(rows, args)
 
 
 if __name__ == '__main__':

@@ -340,8 +340,16 @@ def prune(model: Union[nn.Module, str, Any],
                              global_pruning=global_pruning or refine,
                              max_pruning_ratio=max_pruning_ratio, round_to=round_to,
                              iterative_steps=1 if refine else iterative_steps)
-                with torch.no_grad():  # lets follow_input_channels see the new channels
-                    tensor_forward(model, batch)
+                try:
+                    with torch.no_grad():  # lets follow_input_channels see the new channels
+                        tensor_forward(model, batch)
+                except Exception as e:
+                    h, w = batch['inputs'].shape[-2:]
+                    raise RuntimeError(
+                        f'the pruned model fails its forward at {h}x{w} ({type(e).__name__}: '
+                        f'{e}); the model is restored. Prune less (a lower ratio, or round_to '
+                        f'keeping several channels per norm group), or give a larger '
+                        f'input_shape.') from e
                 return count_flops_params(model, batch)[0]
 
             if target_flops is None:

@@ -60,3 +60,14 @@ def test_real_data_config_reads_shared_data_and_prunes(config):
     with torch.no_grad():
         out = model(**batch, mode='predict')
     assert len(out) == 1
+
+
+def test_metafile_names_existing_configs():
+    import yaml
+    meta = yaml.safe_load(open(os.path.join(ROOT, 'configs', 'metafile.yml')))
+    assert meta['Models']
+    for m in meta['Models']:
+        assert m['Config'] in CONFIGS, m['Name']
+        assert m['Results'][0]['Metrics']
+    index = yaml.safe_load(open(os.path.join(ROOT, 'model-index.yml')))
+    assert index['Import'] == ['configs/metafile.yml']

@@ -206,6 +206,30 @@ def test_criterion_failing_on_a_group_names_the_layer(retina, monkeypatch):
     assert state_equal(sd, model.state_dict())
 
 
+def test_pruned_model_failing_its_forward_is_a_named_error(retina, monkeypatch):
+    """Seen by the fuzzer: FCOS pruned until its GroupNorm held one channel per group
+    could not run at a 1x1 level. The forward after pruning fails -> one error, restored."""
+    import mmprune.pruner as pruner
+    model, cfg = fresh(retina)
+    sd = copy.deepcopy(model.state_dict())
+    shape = snapshot(model)
+    real = pruner._prune_steps
+
+    def prune_then_break(model, *args, **kwargs):
+        real(model, *args, **kwargs)
+
+        def fail(module, inputs):
+            raise ValueError('Expected more than 1 value per channel when training')
+        model.backbone.conv1.register_forward_pre_hook(fail)
+
+    monkeypatch.setattr(pruner, '_prune_steps', prune_then_break)
+    with pytest.raises(RuntimeError, match=r'the pruned model fails its forward at 96x128 '
+                                           r'\(ValueError: Expected more than 1 value'):
+        mmprune.prune(model, pruning_ratio=0.5, cfg=cfg, input_shape=SHAPE)
+    assert snapshot(model) == shape
+    assert state_equal(sd, model.state_dict())
+
+
 def _with_train_data(cfg, root, n):
     from conftest import CLASSES, make_coco
     make_coco(root, n=n)

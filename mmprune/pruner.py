@@ -572,12 +572,18 @@ def _name_importance_failures(pruner, name: str) -> None:
         try:
             return real(group)
         except Exception as e:
-            root = group[0][0].target._name
-            raise RuntimeError(
-                f'importance {name!r} failed on the channels of layer {root!r} and the layers '
-                f'coupled with it ({type(e).__name__}: {e}); the model is restored. Choose '
-                f'another importance, or add {root!r} to ignored_layers.') from e
+            raise _group_error(group, f'importance {name!r} failed on', e,
+                               'Choose another importance, or add {root!r} to '
+                               'ignored_layers.') from e
     pruner.estimate_importance = estimate
+
+
+def _group_error(group, what: str, e: Exception, advice: str) -> RuntimeError:
+    """One error naming the group's root layer (``{root!r}`` in ``advice``)."""
+    root = group[0][0].target._name
+    return RuntimeError(
+        f'{what} the channels of layer {root!r} and the layers coupled with it '
+        f'({type(e).__name__}: {e}); the model is restored. ' + advice.format(root=root))
 
 
 def _run_steps(model: nn.Module, pruner, imp, name: str, data, num_batches: int,
@@ -590,11 +596,8 @@ def _run_steps(model: nn.Module, pruner, imp, name: str, data, num_batches: int,
             try:
                 group.prune()
             except Exception as e:
-                root = group[0][0].target._name
-                raise RuntimeError(
-                    f'torch-pruning could not prune the channels of layer {root!r} and the '
-                    f'layers coupled with it ({type(e).__name__}: {e}); the model is restored. '
-                    f'Add {root!r} to ignored_layers to prune the rest.') from e
+                raise _group_error(group, 'torch-pruning could not prune', e,
+                                   'Add {root!r} to ignored_layers to prune the rest.') from e
 
 
 def _train_batches(cfg, num_batches: int) -> Optional[List[Dict[str, Any]]]:

@@ -47,17 +47,7 @@ def parse_args(argv=None):
 
 def median_ms(fn, runs: int, sync=None) -> float:
     """Median wall time of ``fn()`` in ms over ``runs`` calls, after two warm-up calls."""
-    times = []
-    for i in range(runs + 2):
-        if sync:
-            sync()
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        if i >= 2:
-            times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return interleaved_ms({'fn': fn}, runs, sync)['fn']
 
 
 def interleaved_ms(fns: dict, runs: int, sync=None) -> dict:

@@ -310,7 +310,8 @@ class PruningHook(Hook):
         cfg.load_from, cfg.resume = None, False  # dense weights would not fit the pruned model
         summary = dict(hash=structure_hash(self.structure), **{
             f'{k}_ratio': round(self.current[k] / self.dense[k], 4) for k in ('flops', 'params')})
-        _, path = write_pruned_config(cfg, self.structure, runner.work_dir, name, summary)
+        self.dense_config, path = write_pruned_config(cfg, self.structure, runner.work_dir, name,
+                                                      summary)
         self.pruned_config = path
         runner.logger.info(f'[mmprune] pruned config for the checkpoints of this run: {path}')
 

@@ -24,7 +24,6 @@ in ``MMDistributedDataParallel`` without device ids.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os.path as osp
 import sys
@@ -114,21 +113,15 @@ def final_checkpoint(work_dir: str) -> str:
         return f.read().strip()
 
 
-def compare(runner, pruned_config: str, args) -> dict:
+def compare(runner, pruned_config: str, dense_config: str, args) -> dict:
     """Evaluate the finetuned pruned model (and the dense start) with tools/test.py."""
     from test import evaluate, side_by_side_latency, table  # tools/test.py
     ckpt = final_checkpoint(runner.work_dir)
     opts = argparse.Namespace(cfg_options=None, latency_runs=args.latency_runs,
                               work_dir=osp.join(runner.work_dir, 'compare'))
     rows = [dict(tag='pruned', **evaluate(pruned_config, ckpt, opts, 'pruned'))]
-    if args.checkpoint:
-        dense_cfg = osp.join(runner.work_dir, 'dense_config.py')
-        dense = copy.deepcopy(runner.cfg)
-        dense.custom_hooks = [h for h in dense.get('custom_hooks', [])
-                              if 'PruningHook' not in str(h.get('type', ''))]
-        dense.load_from, dense.resume = None, False
-        atomic_write(dense_cfg, dense.dump, overwrite=True)
-        rows.append(dict(tag='dense', **evaluate(dense_cfg, args.checkpoint, opts, 'dense')))
+    if args.checkpoint:  # the hook wrote the run's config without itself as <name>_dense.py
+        rows.append(dict(tag='dense', **evaluate(dense_config, args.checkpoint, opts, 'dense')))
         side_by_side_latency(rows, opts)
     text = table(rows)
     print('\n' + text)
@@ -168,7 +161,7 @@ def main(argv=None) -> dict:
         runner.logger.info('[mmprune] distributed run: for the dense-vs-pruned table run '
                            'tools/test.py PRUNED_CONFIG CKPT --compare DENSE_CONFIG DENSE_CKPT')
     elif not args.no_compare and getattr(hook, 'pruned_config', None):
-        summary.update(compare(runner, hook.pruned_config, args))
+        summary.update(compare(runner, hook.pruned_config, hook.dense_config, args))
     if runner.rank == 0:
         path = osp.join(runner.work_dir, 'prune_train_summary.json')
         atomic_write(path, lambda p: json.dump(summary, open(p, 'w'), indent=1), overwrite=True)

@@ -33,6 +33,10 @@ from .structure import apply_structure, diff, snapshot, structure_between
 
 #: relative tolerance on ``target_flops``
 FLOPS_TOLERANCE = 0.02
+#: short side of the example input that traces the graph; a larger ``input_shape`` is
+#: scaled down to it (channel coupling does not depend on the image size), while
+#: FLOPs are still counted at ``input_shape``. ``None`` traces at ``input_shape``.
+TRACE_SIDE: Optional[int] = 256
 
 
 @dataclass
@@ -187,6 +191,17 @@ def _attention_projections(model: nn.Module) -> List[nn.Module]:
     return list(dict.fromkeys(kept))
 
 
+def _trace_batch(model: nn.Module, cfg, batch: Dict[str, Any], seed: int) -> Dict[str, Any]:
+    """``batch`` scaled down to :data:`TRACE_SIDE` (sides rounded up to multiples
+    of 32, the largest common backbone stride), or ``batch`` itself when small."""
+    h, w = batch['inputs'].shape[-2:]
+    if TRACE_SIDE is None or min(h, w) <= TRACE_SIDE:
+        return batch
+    scale = TRACE_SIDE / min(h, w)
+    shape = tuple(int(math.ceil(s * scale / 32) * 32) for s in (h, w))
+    return make_batch(model, cfg, shape, seed=seed)
+
+
 def _check_loss(model: nn.Module, cfg, batch: Dict[str, Any], seed: int) -> None:
     """Run the pruned model's ``mode='loss'`` once (train mode, 2 images).
 
@@ -327,7 +342,14 @@ def prune(model: Union[nn.Module, str, Any],
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
         with tracing_state(model), follow_input_channels(model):
-            output_layers, _ = find_output_layers(model, batch)
+            small = _trace_batch(model, cfg, batch, seed)
+            try:
+                output_layers, _ = find_output_layers(model, small)
+            except Exception:  # the model does not run at the smaller size: trace at full size
+                if small is batch:
+                    raise
+                small = batch
+                output_layers, _ = find_output_layers(model, batch)
             named = dict(model.named_modules())
             keep = list(ignored.values()) + [named[n] for n in output_layers] \
                 + _attention_projections(model)
@@ -335,14 +357,13 @@ def prune(model: Union[nn.Module, str, Any],
             flops0, params0 = count_flops_params(model, batch)
 
             def run(ratio: float, refine: bool = False) -> int:
-                _prune_steps(model, batch, importance, ratio, keep,
+                _prune_steps(model, small, importance, ratio, keep,
                              None if refine else ratio_dict, data, num_batches,
                              global_pruning=global_pruning or refine,
                              max_pruning_ratio=max_pruning_ratio, round_to=round_to,
                              iterative_steps=1 if refine else iterative_steps)
-                try:
-                    with torch.no_grad():  # lets follow_input_channels see the new channels
-                        tensor_forward(model, batch)
+                try:  # the counting forward also lets follow_input_channels see the new channels
+                    return count_flops_params(model, batch)[0]
                 except Exception as e:
                     h, w = batch['inputs'].shape[-2:]
                     raise RuntimeError(
@@ -350,7 +371,6 @@ def prune(model: Union[nn.Module, str, Any],
                         f'{e}); the model is restored. Prune less (a lower ratio, or round_to '
                         f'keeping several channels per norm group), or give a larger '
                         f'input_shape.') from e
-                return count_flops_params(model, batch)[0]
 
             if target_flops is None:
                 flops1 = run(pruning_ratio) if pruning_ratio > 0 or ratio_dict else flops0
@@ -359,7 +379,7 @@ def prune(model: Union[nn.Module, str, Any],
                     run, lambda: _restore(model, before, state), model, flops0,
                     float(target_flops), max_pruning_ratio))
                 flops1 = count_flops_params(model, batch)[0]
-            _check_loss(model, cfg, batch, seed)
+            _check_loss(model, cfg, small, seed)
             for p in model.parameters():
                 p.grad = None
     except BaseException:

@@ -275,3 +275,30 @@ def test_a_pruned_model_that_fails_its_loss_is_restored(retina, monkeypatch):
         mmprune.prune(model, pruning_ratio=0.5, cfg=cfg, input_shape=SHAPE)
     assert snapshot(model) == shape
     assert state_equal(sd, model.state_dict())
+
+
+@pytest.mark.parametrize('name', ['retinanet_r18_tiny', 'mask_rcnn_r18_tiny'])
+def test_tracing_at_a_smaller_size_prunes_the_same_channels(name, monkeypatch):
+    """The graph is traced at TRACE_SIDE (faster); structure and FLOPs at input_shape
+    are those of tracing at the full size."""
+    import mmprune.graph as graph
+    import mmprune.pruner as pruner
+    dense, cfg = build(name)
+    traced = []
+    real = graph.find_output_layers
+
+    def spy(model, batch, *args, **kwargs):
+        traced.append(tuple(batch['inputs'].shape[-2:]))
+        return real(model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(pruner, 'find_output_layers', spy)
+    results = {}
+    for side in (None, 64):
+        monkeypatch.setattr(pruner, 'TRACE_SIDE', side)
+        model = copy.deepcopy(dense)
+        results[side] = mmprune.prune(model, pruning_ratio=0.5, cfg=cfg, input_shape=SHAPE,
+                                      round_to=4)
+    assert traced == [SHAPE, (64, 96)]
+    assert results[64].structure == results[None].structure
+    assert results[64].flops == results[None].flops
+    assert results[64].output_layers == results[None].output_layers

@@ -1,7 +1,7 @@
 """Real speed-ups: dense vs pruned latency, side by side in one process.
 
     python benchmarks/speed.py [--models retinanet_r50 ...] [--targets 0.7 0.5 0.3]
-                               [--shape 512 512] [--runs 10] [--no-onnx] [--round-to N]
+                               [--shape 512 512] [--runs 10] [--no-onnx] [--round-to N [M ...]]
                                [--out benchmarks/results/speed_DATE.json]
 
 For each model (random init; speed does not depend on the weights) the
@@ -118,14 +118,16 @@ def bench_model(name: str, config: str, args) -> dict:
     variants = {'dense': dense}
     rec['pruned'] = {}
     for t in args.targets:
-        m = copy.deepcopy(dense)
-        t0 = time.perf_counter()
-        res = mmprune.prune(m, cfg=cfg, input_shape=shape, target_flops=t, round_to=args.round_to)
-        m.eval()
-        variants[f'{t:g}'] = m
-        rec['pruned'][f'{t:g}'] = dict(flops=res.flops[1], params=res.params[1],
-                                       flops_ratio=res.flops[1] / res.flops[0],
-                                       prune_s=round(time.perf_counter() - t0, 2))
+        for rt in args.round_tos:
+            m = copy.deepcopy(dense)
+            t0 = time.perf_counter()
+            res = mmprune.prune(m, cfg=cfg, input_shape=shape, target_flops=t, round_to=rt)
+            m.eval()
+            key = f'{t:g}' if rt == args.round_to else f'{t:g} rt{rt or 1}'
+            variants[key] = m
+            rec['pruned'][key] = dict(flops=res.flops[1], params=res.params[1],
+                                      flops_ratio=res.flops[1] / res.flops[0], round_to=rt,
+                                      prune_s=round(time.perf_counter() - t0, 2))
     with torch.no_grad():
         eager = interleaved_ms({k: (lambda v=v: tensor_forward(v, batch))
                                 for k, v in variants.items()}, args.runs)
@@ -222,11 +224,15 @@ def main(argv=None) -> int:
     p.add_argument('--targets', type=float, nargs='+', default=[0.7, 0.5, 0.3])
     p.add_argument('--shape', type=int, nargs=2, default=(512, 512))
     p.add_argument('--runs', type=int, default=10)
-    p.add_argument('--round-to', type=int)
+    p.add_argument('--round-to', type=int, nargs='+', default=[None], dest='round_tos',
+                   help='channel multiple(s) of the pruned models; several give one variant '
+                        'each, timed in the same interleaved runs (0 = no rounding)')
     p.add_argument('--no-onnx', dest='onnx', action='store_false')
     p.add_argument('--out', default=os.path.join(
         ROOT, 'benchmarks', 'results', f'speed_{time.strftime("%Y-%m-%d")}.json'))
     args = p.parse_args(argv)
+    args.round_tos = [r or None for r in args.round_tos]
+    args.round_to = args.round_tos[0]  # the prune-time comparison uses the first
     import torch
 
     from mmprune.checkpoint import atomic_write

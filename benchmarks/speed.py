@@ -157,7 +157,9 @@ def onnx_ms(variants: dict, image, args, name: str) -> dict:
 
     from export_onnx import TensorGraph, export  # tools/export_onnx.py
     sessions = {}
+    import torch
     opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()  # same threads as the eager timing
     with tempfile.TemporaryDirectory() as tmp:
         for k, v in variants.items():
             path = os.path.join(tmp, f'{name}_{k}.onnx')

@@ -2,7 +2,7 @@
 
 One line in a config::
 
-    custom_hooks = [dict(type='mmprune.PruningHook', importance='l2', target_flops=0.5,
+    custom_hooks = [dict(type='mmprune.PruningHook', importance='group_l2', target_flops=0.5,
                          begin=0, end=6, interval=1, by_epoch=True)]
 
 prunes at epochs 0, 1, ... 5, each step bringing the FLOPs closer to 50 % of
@@ -28,7 +28,7 @@ from mmengine.model import is_model_wrapper
 
 from .checkpoint import allow_mmengine_types
 from .graph import make_batch, tracing_state
-from .importance import build_importance
+from .importance import DEFAULT_IMPORTANCE, build_importance
 from .pruner import _check_ratio, count_flops_params, prune
 from .registry import HOOKS
 from .structure import apply_structure, is_empty, structure_hash
@@ -90,7 +90,7 @@ class PruningHook(Hook):
 
     priority = 'VERY_HIGH'  # its after_load_checkpoint must resize the model before EMAHook's
 
-    def __init__(self, importance: Any = 'l2', pruning_ratio: Optional[float] = None,
+    def __init__(self, importance: Any = DEFAULT_IMPORTANCE, pruning_ratio: Optional[float] = None,
                  target_flops: Optional[float] = None, begin: int = 0,
                  end: Optional[int] = None, interval: int = 1, by_epoch: bool = True,
                  ramp: str = 'linear', input_shape: Optional[Sequence[int]] = None,

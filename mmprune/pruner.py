@@ -3,7 +3,7 @@
 Example:
     >>> import mmprune
     >>> result = mmprune.prune('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
-    ...                        pruning_ratio=0.5, importance='l2', input_shape=(256, 256))
+    ...                        pruning_ratio=0.5, importance='group_l2', input_shape=(256, 256))
     >>> result.model          # still a mmdet RetinaNet, with fewer channels
     >>> result.structure      # plain data, see mmprune.structure
 """
@@ -27,8 +27,8 @@ from mmengine.logging import print_log
 from .custom_layers import customized_pruners_for
 from .graph import (CONCAT_LAYOUT, find_output_layers, follow_input_channels, make_batch,
                     tensor_forward, tracing_state)
-from .importance import (GRADIENT_IMPORTANCES, PER_SAMPLE_IMPORTANCES, build_importance,
-                         importance_name)
+from .importance import (DEFAULT_IMPORTANCE, GRADIENT_IMPORTANCES, PER_SAMPLE_IMPORTANCES,
+                         build_importance, importance_name)
 from .structure import apply_structure, diff, snapshot, structure_between
 
 #: relative tolerance on ``target_flops``
@@ -213,7 +213,11 @@ def _check_loss(model: nn.Module, cfg, batch: Dict[str, Any], seed: int) -> None
     buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
     modes = {m: m.training for m in model.modules()}
     shape = tuple(batch['inputs'].shape[-2:])
+    pre = getattr(model, 'data_preprocessor', None)
+    crop = getattr(pre, 'size', None)  # mmseg pads training batches to its crop size
     try:
+        if crop is not None:
+            pre.size = shape
         model.train()
         train_batch = make_batch(model, cfg, shape, batch_size=2, training=True, seed=seed + 7)
         with torch.no_grad():
@@ -224,6 +228,8 @@ def _check_loss(model: nn.Module, cfg, batch: Dict[str, Any], seed: int) -> None
             f'by the loss was not reached by the traced forward. The model is restored; keep '
             f'the layers feeding it with ignored_layers.') from e
     finally:
+        if crop is not None:
+            pre.size = crop
         with torch.no_grad():
             for k, v in model.named_buffers():
                 if k in buffers and v.shape == buffers[k].shape:
@@ -252,7 +258,7 @@ def _restore(model: nn.Module, before: Dict[str, Any], state: Dict[str, torch.Te
 
 def prune(model: Union[nn.Module, str, Any],
           pruning_ratio: float = 0.5,
-          importance: Union[str, Dict[str, Any]] = 'l2',
+          importance: Union[str, Dict[str, Any]] = DEFAULT_IMPORTANCE,
           *,
           cfg: Any = None,
           checkpoint: Optional[str] = None,
@@ -275,7 +281,8 @@ def prune(model: Union[nn.Module, str, Any],
         pruning_ratio: fraction of channels removed from each prunable group.
             Defaults to 0.5.
         importance: criterion name (see :data:`mmprune.importance.IMPORTANCES`)
-            or ``dict(type=name, **kwargs)``. Defaults to ``'l2'``.
+            or ``dict(type=name, **kwargs)``. Defaults to
+            :data:`~mmprune.importance.DEFAULT_IMPORTANCE` (``'group_l2'``).
         cfg: the config of a built ``model`` (example input size, dataloaders).
         checkpoint: dense weights to load when ``model`` is a config.
         input_shape: (h, w) of the example input. Defaults to the config's

@@ -199,7 +199,7 @@ def test_criterion_failing_on_a_group_names_the_layer(retina, monkeypatch):
         return original(self, group, *args, **kwargs)
 
     monkeypatch.setattr(tp.importance.GroupMagnitudeImportance, '__call__', score_then_fail)
-    with pytest.raises(RuntimeError, match=r"importance 'l2' failed on the channels of layer "
+    with pytest.raises(RuntimeError, match=r"importance 'group_l2' failed on the channels of layer "
                                            r"'[\w.]+'.*add '[\w.]+' to ignored_layers"):
         mmprune.prune(model, pruning_ratio=0.5, cfg=cfg, input_shape=SHAPE)
     assert snapshot(model) == shape

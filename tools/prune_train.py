@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument('--work-dir', help='where logs and checkpoints go')
     p.add_argument('--ratio', type=float, dest='pruning_ratio', help='final channel ratio')
     p.add_argument('--target-flops', type=float, help='final FLOPs, fraction of dense')
-    p.add_argument('--importance', help='criterion (default l2)')
+    p.add_argument('--importance', help='criterion (default: the hook\'s, group_l2)')
     p.add_argument('--begin', type=int, help='first pruning epoch / iteration')
     p.add_argument('--end', type=int, help='no pruning step at or after this point')
     p.add_argument('--interval', type=int, help='epochs / iterations between steps')

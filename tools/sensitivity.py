@@ -44,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument('config')
     p.add_argument('--checkpoint', help='dense weights (random init when omitted)')
     p.add_argument('--ratio', type=float, default=0.5)
-    p.add_argument('--importance', default='l2')
+    p.add_argument('--importance', default=mmprune.importance.DEFAULT_IMPORTANCE)
     p.add_argument('--layers', nargs='+', help='glob patterns of candidate layers')
     p.add_argument('--max-layers', type=int, help='measure at most this many groups')
     p.add_argument('--val-samples', type=int, default=20, help='test images per evaluation')

@@ -37,7 +37,7 @@ def parse_args(argv=None):
     p.add_argument('--ratios', type=float, nargs='+', default=[], help='channel pruning ratios')
     p.add_argument('--target-flops', type=float, nargs='+', default=[],
                    help='FLOPs fractions of the dense model')
-    p.add_argument('--importance', default='l2')
+    p.add_argument('--importance', default=mmprune.importance.DEFAULT_IMPORTANCE)
     p.add_argument('--finetune-iters', type=int, default=0)
     p.add_argument('--input-shape', type=int, nargs=2, metavar=('H', 'W'))
     p.add_argument('--work-dir')

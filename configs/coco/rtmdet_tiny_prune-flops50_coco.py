@@ -1,4 +1,4 @@
-# RTMDet-tiny on COCO: prune the official dense model to 50 % of its FLOPs (L2-norm channel
+# RTMDet-tiny on COCO: prune the official dense model to 50 % of its FLOPs (group L2-norm channel
 # importance, 3 progressive steps at epochs 0, 1, 2), then finetune.
 # Finetune schedule: 30 epochs (the dense run trains 300) at a tenth of the dense learning
 # rate, no warmup: flat for epochs 0-15, cosine over 15-30 (the dense shape, scaled), and

@@ -1,7 +1,8 @@
 """Best accuracy per FLOP: importance criteria and schedules under one finetune budget.
 
     python benchmarks/criteria.py CONFIG --checkpoint DENSE.pth [--target-flops 0.5]
-        [--iters 60] [--lr 2e-4] [--variants l2 taylor ...] [--work-dir DIR]
+        [--iters 60] [--lr 2e-4] [--variants l2 taylor ...] [--schedule-importance l2]
+        [--work-dir DIR]
 
 Every variant starts from the same dense checkpoint and runs the same number
 of training iterations at the same constant learning rate through
@@ -15,9 +16,11 @@ metric on its val set. Variants:
 * ``sparse_bn_scale``: the first third of the budget trains with the
   ``bn_scale`` sparsity penalty (``mmprune.SparseOptimWrapperConstructor``),
   then one ``bn_scale`` prune, then the rest;
-* ``iterative``: one ``l2`` prune in 5 re-scored steps at iteration 0;
-* ``progressive``: three ``l2`` steps at iterations 0, 1/6 and 2/6 of the budget
-  (linear ramp), training in between.
+* ``iterative``: one prune in 5 re-scored steps at iteration 0;
+* ``progressive``: three steps at iterations 0, 1/6 and 2/6 of the budget
+  (linear ramp), training in between;
+
+both with ``--schedule-importance`` (default ``l2``).
 
 Each variant runs in its own process; results are appended to
 ``<work-dir>/criteria.json`` as they finish (a rerun skips finished variants)
@@ -43,17 +46,17 @@ DEFAULT = ('progressive', 'l2', 'iterative', 'l1', 'group_l2', 'lamp', 'taylor',
            'sparse_bn_scale', 'random')
 
 
-def hook_for(variant: str, target: float, iters: int) -> dict:
+def hook_for(variant: str, target: float, iters: int, schedule_importance: str = 'l2') -> dict:
     hook = dict(type='mmprune.PruningHook', target_flops=target, by_epoch=False, begin=0)
     if variant in ONE_SHOT:
         hook['importance'] = variant
     elif variant == 'sparse_bn_scale':
         hook.update(importance='bn_scale', begin=iters // 3)
     elif variant == 'iterative':
-        hook.update(importance='l2', iterative_steps=5)
+        hook.update(importance=schedule_importance, iterative_steps=5)
     elif variant == 'progressive':
         step = max(iters // 6, 1)
-        hook.update(importance='l2', end=3 * step, interval=step)
+        hook.update(importance=schedule_importance, end=3 * step, interval=step)
     else:
         raise ValueError(f'unknown variant {variant!r}; choose from {VARIANTS}')
     return hook
@@ -75,7 +78,8 @@ def variant_config(base: str, variant: str, args) -> str:
     cfg.randomness = dict(seed=args.seed)
     cfg.custom_hooks = [h for h in (cfg.get('custom_hooks') or [])
                         if 'PruningHook' not in str(h.get('type', ''))]
-    cfg.custom_hooks.append(hook_for(variant, args.target_flops, args.iters))
+    cfg.custom_hooks.append(hook_for(variant, args.target_flops, args.iters,
+                                     args.schedule_importance))
     if variant == 'sparse_bn_scale':
         cfg.optim_wrapper.constructor = 'mmprune.SparseOptimWrapperConstructor'
         cfg.optim_wrapper.sparsity = dict(mode='bn_scale', reg=args.sparsity_reg)
@@ -114,6 +118,8 @@ def main(argv=None) -> dict:
     p.add_argument('--sparsity-reg', type=float, default=1e-4)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--variants', nargs='+', default=list(DEFAULT), choices=VARIANTS)
+    p.add_argument('--schedule-importance', default='l2',
+                   help='criterion of the iterative and progressive variants')
     p.add_argument('--work-dir')
     args = p.parse_args(argv)
     name = osp.splitext(osp.basename(args.config))[0]
@@ -134,7 +140,7 @@ def main(argv=None) -> dict:
                 [sys.executable, osp.join(ROOT, 'tools', 'prune_train.py'), cfg_path,
                  '--checkpoint', args.checkpoint, '--work-dir', vdir, '--no-compare'],
                 stdout=log, stderr=subprocess.STDOUT)
-        hook = hook_for(variant, args.target_flops, args.iters)
+        hook = hook_for(variant, args.target_flops, args.iters, args.schedule_importance)
         rec = dict(variant=variant, importance=hook['importance'], hook=hook,
                    minutes=(time.time() - t0) / 60, returncode=proc.returncode)
         summary = osp.join(vdir, 'prune_train_summary.json')

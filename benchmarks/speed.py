@@ -144,7 +144,10 @@ def bench_model(name: str, config: str, args) -> dict:
         rec['eager_gpu_ms'] = {k: round(v, 3) for k, v in gpu.items()}
     two_stage = getattr(dense, 'roi_head', None) is not None
     if args.onnx and not two_stage:
-        rec['ort_cpu_ms'] = onnx_ms(variants, batch['inputs'], args, name)
+        try:
+            rec['ort_cpu_ms'] = onnx_ms(variants, batch['inputs'], args, name)
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - an export ONNX refuses
+            rec['ort_note'] = f'export failed: {type(e).__name__}: {str(e)[:160]}'
     elif two_stage:
         rec['ort_note'] = 'two-stage: RoI head needs proposals in the graph (mmdeploy)'
     return rec
@@ -246,6 +249,9 @@ def main(argv=None) -> int:
         t0 = time.time()
         records.append(bench_model(name, config, args))
         print(f'{name}: {time.time() - t0:.0f} s', flush=True)
+        atomic_write(args.out, lambda f: json.dump(dict(args=vars(args), records=records,
+                                                        partial=True), open(f, 'w'), indent=1),
+                     overwrite=True)  # a crash later keeps the models done
     text = table(records)
     print('\n' + text)
     info = dict(torch=torch.__version__, threads=torch.get_num_threads(),

@@ -15,7 +15,9 @@ CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 
 SHARED = os.path.join(ROOT, '..', 'shared', 'data')
 REAL = {  # config -> (shared folder, val images, classes)
     'configs/bccd/retinanet_mbv2_fpn_bccd.py': ('bccd', 87, ('RBC', 'WBC', 'Platelets')),
+    'configs/bccd/fcos_mbv2_fpn_bccd.py': ('bccd', 87, ('RBC', 'WBC', 'Platelets')),
     'configs/camvid/fpn_mbv2_camvid.py': ('camvid', 101, 11),
+    'configs/camvid/deeplabv3plus_mbv2_camvid.py': ('camvid', 101, 11),
 }
 
 

@@ -137,6 +137,38 @@ def test_iterative_and_global(retina):
             assert attrs['out_channels'] % 4 == 0, (name, attrs)
 
 
+def test_round_channels_nearest_multiple_per_group():
+    from mmprune.pruner import _round_channels
+    assert _round_channels(30, 64, 8) == 32  # kept 34 -> 32
+    assert _round_channels(27, 64, 8) == 24  # kept 37 -> 40 (nearest, not down)
+    assert _round_channels(27, 64, 8, down=True) == 32  # global ranking: down
+    assert _round_channels(62, 64, 8) == 56  # never below one multiple
+    assert _round_channels(5, 12, 8) == 5  # narrower than two multiples: exact
+    assert _round_channels(1, 102, 8) == 0  # 101 -> 104 is more than there is: prune none
+    # 4 GroupNorm groups of 16: counts are per group, the total kept stays a multiple of 8
+    n = _round_channels(3, 64, 8, groups=4)
+    assert n == 2 and (16 - n) * 4 % 8 == 0
+    # 16 groups of 4: any per-group count keeps a multiple of 8 in all
+    assert _round_channels(1, 64, 8, groups=16) == 1
+
+
+def test_default_round_to_keeps_multiples_of_8(retina):
+    from mmprune.pruner import DEFAULT_ROUND_TO
+    assert DEFAULT_ROUND_TO == 8
+    widths = {}
+    for round_to in (DEFAULT_ROUND_TO, None):
+        model, cfg = fresh(retina)
+        kwargs = {} if round_to else dict(round_to=None)
+        result = mmprune.prune(model, pruning_ratio=0.3, cfg=cfg, input_shape=SHAPE, **kwargs)
+        widths[round_to] = {n: m.out_channels for n, m in model.named_modules()
+                            if isinstance(m, torch.nn.Conv2d) and n not in result.output_layers}
+    dense = {n: m.out_channels for n, m in retina[0].named_modules()
+             if isinstance(m, torch.nn.Conv2d)}
+    wide = [n for n in widths[8] if dense[n] >= 16]
+    assert wide and all(widths[8][n] % 8 == 0 for n in wide), widths[8]
+    assert any(widths[None][n] % 8 for n in wide)  # exact counts differ: the test can fail
+
+
 @pytest.mark.parametrize('kwargs, match', [
     (dict(pruning_ratio=1.0), 'pruning_ratio'),
     (dict(pruning_ratio=-0.1), 'pruning_ratio'),

@@ -39,6 +39,8 @@ def parse_args(argv=None):
                    help='FLOPs fractions of the dense model')
     p.add_argument('--importance', default=mmprune.importance.DEFAULT_IMPORTANCE)
     p.add_argument('--finetune-iters', type=int, default=0)
+    p.add_argument('--round-to', type=int, default=mmprune.pruner.DEFAULT_ROUND_TO,
+                   help='kept channel counts are multiples of this (1: exact counts)')
     p.add_argument('--input-shape', type=int, nargs=2, metavar=('H', 'W'))
     p.add_argument('--work-dir')
     p.add_argument('--latency-runs', type=int, default=10)
@@ -154,7 +156,7 @@ def main(argv=None) -> dict:
     for kind, value in sizes:
         tag = f'{kind}{value:g}'
         model, mcfg = build_model(copy.deepcopy(cfg), dense_ckpt)
-        opts = dict(importance=args.importance, input_shape=shape)
+        opts = dict(importance=args.importance, input_shape=shape, round_to=args.round_to)
         opts.update(pruning_ratio=value) if kind == 'ratio' else opts.update(target_flops=value)
         result = mmprune.prune(model, cfg=mcfg, **opts)
         cfg_path, ckpt = mmprune.save_pruned(model, result.structure, mcfg,

@@ -371,11 +371,12 @@ def prune(model: Union[nn.Module, str, Any],
             _check_prunable(ratio_matches, keep)
             flops0, params0 = count_flops_params(model, batch)
 
-            def run(ratio: float, refine: bool = False) -> int:
+            def run(ratio: float, refine: bool = False, exact: bool = False) -> int:
                 _prune_steps(model, small, importance, ratio, keep,
                              None if refine else ratio_dict, data, num_batches,
                              global_pruning=global_pruning or refine,
-                             max_pruning_ratio=max_pruning_ratio, round_to=round_to,
+                             max_pruning_ratio=max_pruning_ratio,
+                             round_to=None if exact else round_to,
                              iterative_steps=1 if refine else iterative_steps)
                 try:  # the counting forward also lets follow_input_channels see the new channels
                     return count_flops_params(model, batch)[0]
@@ -450,7 +451,8 @@ def _search_flops(run: Callable[..., int], restore: Callable[[], None], model: n
 
     A uniform ratio moves FLOPs in steps when layers are narrow, so when no
     ratio lands within the tolerance, the model is pruned at the largest ratio
-    above the target and the rest is removed by a small global-ranking step.
+    above the target and the rest is removed by a small global-ranking step
+    (with exact channel counts when rounded ones cannot land within it).
     """
     cap = min(max_ratio, 0.99)
     ratio, frac, met = _bracket(run, restore, dense, target, cap, 1 - math.sqrt(target))
@@ -464,15 +466,22 @@ def _search_flops(run: Callable[..., int], restore: Callable[[], None], model: n
         run(ratio)
     before = snapshot(model)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    exact = False
     extra, frac2, met = _bracket(lambda r: run(r, refine=True),
                                  lambda: _restore(model, before, state), dense, target,
                                  cap, (frac - target) / frac / 2)
+    if not met:  # rounded channel counts move FLOPs in steps too coarse for the target
+        exact = True
+        extra, frac2, met = _bracket(lambda r: run(r, refine=True, exact=True),
+                                     lambda: _restore(model, before, state), dense, target,
+                                     cap, (frac - target) / frac / 2)
     if not met:
         if extra > 0:
-            run(extra, refine=True)
+            run(extra, refine=True, exact=exact)
         print_log(f'[mmprune] target_flops={target} not met within {FLOPS_TOLERANCE:.0%}: '
                   f'{frac2:.1%} of dense', logger='current', level=logging.WARNING)
-    return dict(pruning_ratio=ratio, global_refine_ratio=extra)
+    return dict(pruning_ratio=ratio, global_refine_ratio=extra,
+                **(dict(refine_round_to=None) if exact else {}))
 
 
 @contextlib.contextmanager

@@ -229,9 +229,12 @@ def main(argv=None) -> int:
     p.add_argument('--targets', type=float, nargs='+', default=[0.7, 0.5, 0.3])
     p.add_argument('--shape', type=int, nargs=2, default=(512, 512))
     p.add_argument('--runs', type=int, default=10)
-    p.add_argument('--round-to', type=int, nargs='+', default=[None], dest='round_tos',
-                   help='channel multiple(s) of the pruned models; several give one variant '
-                        'each, timed in the same interleaved runs (0 = no rounding)')
+    from mmprune.pruner import DEFAULT_ROUND_TO
+    p.add_argument('--round-to', type=int, nargs='+', default=[DEFAULT_ROUND_TO],
+                   dest='round_tos',
+                   help='channel multiple(s) of the pruned models (default: the library\'s, '
+                        f'{DEFAULT_ROUND_TO}); several give one variant each, timed in the same '
+                        'interleaved runs (0 = exact counts)')
     p.add_argument('--no-onnx', dest='onnx', action='store_false')
     p.add_argument('--out', default=os.path.join(
         ROOT, 'benchmarks', 'results', f'speed_{time.strftime("%Y-%m-%d")}.json'))

@@ -475,11 +475,11 @@ def _search_flops(run: Callable[..., int], restore: Callable[[], None], model: n
         extra, frac2, met = _bracket(lambda r: run(r, refine=True, exact=True),
                                      lambda: _restore(model, before, state), dense, target,
                                      cap, (frac - target) / frac / 2)
-    if not met:
-        if extra > 0:
-            run(extra, refine=True, exact=exact)
+    if not met:  # frac2 is the bracket's bound, not the model's FLOPs: report those
+        final = run(extra, refine=True, exact=exact) / dense if extra > 0 else frac
         print_log(f'[mmprune] target_flops={target} not met within {FLOPS_TOLERANCE:.0%}: '
-                  f'{frac2:.1%} of dense', logger='current', level=logging.WARNING)
+                  f'{final:.1%} of the FLOPs before this prune', logger='current',
+                  level=logging.WARNING)
     return dict(pruning_ratio=ratio, global_refine_ratio=extra,
                 **(dict(refine_round_to=None) if exact else {}))
 

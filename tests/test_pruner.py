@@ -152,6 +152,22 @@ def test_round_channels_nearest_multiple_per_group():
     assert _round_channels(1, 64, 8, groups=16) == 1
 
 
+def test_unmet_flops_target_reports_the_flops_left(monkeypatch):
+    """FLOPs that jump over the target: the warning gives FLOPs a pruned model had,
+    not the search bracket's bound (it used to print 100.0 %)."""
+    import mmprune.pruner as pruner
+    logged = []
+    monkeypatch.setattr(pruner, 'print_log', lambda msg, **kwargs: logged.append(msg))
+
+    def run(ratio, refine=False, exact=False):  # 60 % at small ratios, else 30 %: never 50
+        return 600 if ratio < 0.2 and not refine else 300
+
+    pruner._search_flops(run, lambda: None, torch.nn.Linear(1, 1), 1000, 0.5, 1.0)
+    out = '\n'.join(logged)
+    assert 'target_flops=0.5 not met' in out
+    assert '60.0% of the FLOPs before' in out or '30.0% of the FLOPs before' in out, out
+
+
 def test_default_round_to_keeps_multiples_of_8(retina):
     from mmprune.pruner import DEFAULT_ROUND_TO
     assert DEFAULT_ROUND_TO == 8

@@ -54,7 +54,14 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize('case', list(CASES))
+# The R50 cases repeat code paths the tiny ones, Mask R-CNN and SegFormer cover (one-stage
+# detector, two-stage without masks, PSP head); they run with `-m slow` to keep the default
+# suite under ~15 minutes on 2 cores.
+SLOW_CASES = {'retinanet-r50', 'faster-rcnn-r50', 'pspnet-r50'}
+
+
+@pytest.mark.parametrize('case', [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES
+                                  else c for c in CASES])
 def test_prune_cli_then_host_test_py(tmp_path, case):
     """tools/prune.py at 0.5, then the host's packaged tools/test.py on the pruned files."""
     codebase, base, model_delta = CASES[case]

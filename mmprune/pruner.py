@@ -21,10 +21,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from mmengine.config import Config
 from mmengine.logging import print_log
 
 from .custom_layers import customized_pruners_for
+from .flops import FlopsCounter, count_flops_params, recording  # noqa: F401 (re-exported)
 from .graph import (CONCAT_LAYOUT, find_output_layers, follow_input_channels, make_batch,
                     tensor_forward, tracing_state)
 from .importance import (DEFAULT_IMPORTANCE, GRADIENT_IMPORTANCES, PER_SAMPLE_IMPORTANCES,
@@ -46,7 +46,8 @@ DEFAULT_ROUND_TO: Optional[int] = 8
 
 @dataclass
 class PruneResult:
-    """What :func:`prune` returns. ``flops`` are MACs from torch-pruning's counter."""
+    """What :func:`prune` returns. ``flops`` are MACs per image at the example input
+    (torch-pruning's per-layer formulas, see :mod:`mmprune.flops`)."""
 
     model: nn.Module
     structure: Dict[str, Any]
@@ -70,7 +71,8 @@ class PruneResult:
 
 
 class _TensorForward(nn.Module):
-    """Lets torch-pruning's FLOPs counter run :func:`tensor_forward`."""
+    """Lets a module-level counter (mmengine's, in tools/analyze.py) run
+    :func:`tensor_forward`."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -78,50 +80,6 @@ class _TensorForward(nn.Module):
 
     def forward(self, batch):
         return tensor_forward(self.model, batch)
-
-
-def _positional_qkv(module: nn.Module, args: tuple, kwargs: dict):
-    """mmcv calls nn.MultiheadAttention with query=/key=/value= keywords; the
-    counter's hook reads them from the positional inputs."""
-    if not args and 'query' in kwargs:
-        args = tuple(kwargs.pop(k) for k in ('query', 'key', 'value'))
-    return args, kwargs
-
-
-def _detach_cached(obj: Any, depth: int = 0) -> Any:
-    """Detach tensors that a forward cached on modules (CondInst keeps its dynamic
-    parameters this way): they are not graph leaves, which blocks deepcopy."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach() if obj.grad_fn is not None else obj
-    if depth > 4 or isinstance(obj, (nn.Module, Config, str, bytes)):
-        return obj
-    if isinstance(obj, dict):
-        for k, v in list(obj.items()):
-            if not (isinstance(k, str) and k in ('_modules', '_parameters')):
-                obj[k] = _detach_cached(v, depth + 1)
-    elif isinstance(obj, list):
-        obj[:] = [_detach_cached(v, depth + 1) for v in obj]
-    elif isinstance(obj, tuple) and not hasattr(obj, '_fields'):
-        return tuple(_detach_cached(v, depth + 1) for v in obj)
-    elif hasattr(obj, '__dict__') and not isinstance(obj, type):
-        _detach_cached(vars(obj), depth + 1)
-    return obj
-
-
-def count_flops_params(model: nn.Module, batch: Dict[str, Any]) -> Tuple[int, int]:
-    """(MACs, params) of the widened tensor-mode forward on ``batch``."""
-    for m in model.modules():
-        _detach_cached(vars(m))
-    handles = [m.register_forward_pre_hook(_positional_qkv, with_kwargs=True)
-               for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
-    try:
-        with torch.no_grad():
-            flops, _ = tp.utils.count_ops_and_params(_TensorForward(model), (batch,))
-    finally:
-        for h in handles:
-            h.remove()
-    params = sum(p.numel() for p in model.parameters())
-    return int(flops), int(params)
 
 
 def _check_ratio(name: str, value: Any) -> float:
@@ -207,8 +165,10 @@ def _trace_batch(model: nn.Module, cfg, batch: Dict[str, Any], seed: int) -> Dic
     return make_batch(model, cfg, shape, seed=seed)
 
 
-def _check_loss(model: nn.Module, cfg, batch: Dict[str, Any], seed: int) -> None:
-    """Run the pruned model's ``mode='loss'`` once (train mode, 2 images).
+def _check_loss(model: nn.Module, cfg, batch: Dict[str, Any], seed: int,
+                images: int = 1) -> None:
+    """Run the pruned model's ``mode='loss'`` once (train mode, ``images`` images;
+    2 when a batch norm meets a single value per channel with one image).
 
     Layers used only by the loss (some heads' training branches) are not in the
     traced graph; if pruning broke one, this fails here, and the model is
@@ -224,14 +184,18 @@ def _check_loss(model: nn.Module, cfg, batch: Dict[str, Any], seed: int) -> None
         if crop is not None:
             pre.size = shape
         model.train()
-        train_batch = make_batch(model, cfg, shape, batch_size=2, training=True, seed=seed + 7)
+        train_batch = make_batch(model, cfg, shape, batch_size=images, training=True,
+                                 seed=seed + 7)
         with torch.no_grad():
             _loss(model, train_batch)
+    except ValueError as e:
+        if images > 1 or 'more than 1 value per channel' not in str(e):
+            raise _loss_error(e) from e
+        retry = True
     except Exception as e:
-        raise RuntimeError(
-            f'the pruned model fails in mode=loss ({type(e).__name__}: {e}); a layer used only '
-            f'by the loss was not reached by the traced forward. The model is restored; keep '
-            f'the layers feeding it with ignored_layers.') from e
+        raise _loss_error(e) from e
+    else:
+        retry = False
     finally:
         if crop is not None:
             pre.size = crop
@@ -241,6 +205,24 @@ def _check_loss(model: nn.Module, cfg, batch: Dict[str, Any], seed: int) -> None
                     v.copy_(buffers[k])
         for m, mode in modes.items():
             m.training = mode
+    if retry:
+        _check_loss(model, cfg, batch, seed, images=2)
+
+
+def _loss_error(e: Exception) -> RuntimeError:
+    return RuntimeError(
+        f'the pruned model fails in mode=loss ({type(e).__name__}: {e}); a layer used only '
+        f'by the loss was not reached by the traced forward. The model is restored; keep '
+        f'the layers feeding it with ignored_layers.')
+
+
+def _one_value_norms(model: nn.Module, record) -> bool:
+    """Whether a batch norm saw one value per channel of an image in ``record`` (an
+    image-pooling branch): in train mode it then needs two images."""
+    modules = dict(model.named_modules())
+    return any(isinstance(modules.get(name), nn.modules.batchnorm._BatchNorm) and any(
+        inputs and inputs[0] and math.prod(inputs[0][2:]) == 1 for inputs, _ in calls)
+        for name, calls in record.items())
 
 
 def _loss(model: nn.Module, batch: Dict[str, Any]) -> torch.Tensor:
@@ -359,7 +341,8 @@ def prune(model: Union[nn.Module, str, Any],
         with tracing_state(model), follow_input_channels(model):
             small = _trace_batch(model, cfg, batch, seed)
             try:
-                output_layers, _ = find_output_layers(model, small)
+                with recording(model) as small_record:  # the dense shapes at the small size
+                    output_layers, _ = find_output_layers(model, small)
             except Exception:  # the model does not run at the smaller size: trace at full size
                 if small is batch:
                     raise
@@ -369,7 +352,8 @@ def prune(model: Union[nn.Module, str, Any],
             keep = list(ignored.values()) + [named[n] for n in output_layers] \
                 + _attention_projections(model)
             _check_prunable(ratio_matches, keep)
-            flops0, params0 = count_flops_params(model, batch)
+            counter = FlopsCounter(model, batch, small, small_record)
+            flops0, params0 = counter.dense, sum(p.numel() for p in model.parameters())
 
             def run(ratio: float, refine: bool = False, exact: bool = False) -> int:
                 _prune_steps(model, small, importance, ratio, keep,
@@ -379,9 +363,9 @@ def prune(model: Union[nn.Module, str, Any],
                              round_to=None if exact else round_to,
                              iterative_steps=1 if refine else iterative_steps)
                 try:  # the counting forward also lets follow_input_channels see the new channels
-                    return count_flops_params(model, batch)[0]
+                    return counter.count(model)
                 except Exception as e:
-                    h, w = batch['inputs'].shape[-2:]
+                    h, w = counter.shape
                     raise RuntimeError(
                         f'the pruned model fails its forward at {h}x{w} ({type(e).__name__}: '
                         f'{e}); the model is restored. Prune less (a lower ratio, or round_to '
@@ -394,8 +378,9 @@ def prune(model: Union[nn.Module, str, Any],
                 options.update(_search_flops(
                     run, lambda: _restore(model, before, state), model, flops0,
                     float(target_flops), max_pruning_ratio))
-                flops1 = count_flops_params(model, batch)[0]
-            _check_loss(model, cfg, small, seed)
+                flops1 = counter.count(model)
+            _check_loss(model, cfg, small, seed,
+                        2 if _one_value_norms(model, counter.small_dense or counter.full) else 1)
             for p in model.parameters():
                 p.grad = None
     except BaseException:
@@ -588,12 +573,41 @@ def _concat_sizes_guard():
         shape_infer.infer_out_channels_recursively = original_infer
 
 
+def _flatten_indices(mapping, idxs):
+    """torch-pruning's flatten index mapping (a map's channel -> the ``stride`` inputs of
+    the next linear layer, and back), same result without its per-index keyword
+    construction: the RoI head's flatten (256 x 7 x 7) made this most of a two-stage
+    detector's pruning time. The reverse map keeps first-seen order instead of a set's."""
+    from torch_pruning._helpers import _HybridIndex
+    new, stride = tuple.__new__, mapping._stride
+    if mapping.reverse:
+        return [new(_HybridIndex, pair)
+                for pair in dict.fromkeys((i.idx // stride, i.root_idx) for i in idxs)]
+    out: List[Any] = []
+    for i in idxs:
+        root = i.root_idx
+        out.extend([new(_HybridIndex, (k, root))
+                    for k in range(i.idx * stride, (i.idx + 1) * stride)])
+    return out
+
+
+@contextlib.contextmanager
+def _fast_flatten_mapping():
+    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+    original = _FlattenIndexMapping.__call__
+    _FlattenIndexMapping.__call__ = _flatten_indices
+    try:
+        yield
+    finally:
+        _FlattenIndexMapping.__call__ = original
+
+
 def _prune_steps(model: nn.Module, batch: Dict[str, Any], importance, ratio: float,
                  keep: List[nn.Module], ratio_dict, data, num_batches: int,
                  **options) -> None:
     name = importance_name(importance)
     imp = build_importance(importance)
-    with _concat_sizes_guard():
+    with _concat_sizes_guard(), _fast_flatten_mapping():
         pruner = tp.pruner.MetaPruner(
             model, batch, importance=imp, pruning_ratio=ratio,
             pruning_ratio_dict=ratio_dict or None, ignored_layers=keep,

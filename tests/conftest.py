@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# every FLOPs re-count from the small forward is checked against a full-size forward
+os.environ.setdefault('MMPRUNE_CHECK_FLOPS', '1')
 TINY = os.path.join(ROOT, 'configs', 'tiny')
 SHARED_DATA = os.path.abspath(os.path.join(ROOT, '..', 'shared', 'data'))
 

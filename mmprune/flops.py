@@ -1,0 +1,212 @@
+"""FLOPs (MACs) of the tensor-mode forward at the full example input.
+
+Each layer's count is torch-pruning's own formula (``tp.utils.op_counter``),
+applied to the shapes the layer saw. Counting with torch-pruning's
+``count_ops_and_params`` directly would deep-copy the model and divide the total
+by ``len()`` of the first forward argument, which for a host batch dict is its
+number of keys (2), not its number of images.
+
+After pruning, :class:`FlopsCounter` re-counts at the full size without running
+the full-size forward: channel pruning leaves every spatial size as it was, so
+a forward at the small tracing size tells which tensor dimensions changed, and
+those dimensions are put into the shapes recorded at the full size. When a
+changed dimension also depends on the input size (a flatten of channels with
+space) or the layers ran a different number of times, it runs the full-size
+forward instead, so the count is always the one a full forward gives.
+``MMPRUNE_CHECK_FLOPS=1`` (the test suite sets it) checks every re-count
+against a full forward.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .graph import tensor_forward
+
+Shapes = Any  # nested tuples of torch.Size / None, mirroring a layer's inputs or output
+Record = Dict[str, List[Tuple[Shapes, Shapes]]]  # layer name -> (inputs, output) per call
+
+
+def _formula(module: nn.Module) -> Optional[Callable]:
+    """torch-pruning's counting hook for the module's class or its nearest base."""
+    from torch_pruning.utils import op_counter
+    for cls in type(module).__mro__:
+        fn = op_counter.CUSTOM_MODULES_MAPPING.get(cls) or op_counter.MODULES_MAPPING.get(cls)
+        if fn is not None:
+            return fn
+    return None
+
+
+def _counted_layers(model: nn.Module) -> Dict[str, nn.Module]:
+    """Layers with a formula; the layers inside one are its own business (as in
+    torch-pruning's counter, which does not descend into a counted module)."""
+    out: Dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        if any(name.startswith(p + '.') for p in out) or _formula(m) is None:
+            continue
+        out[name] = m
+    return out
+
+
+def _shapes(x: Any) -> Shapes:
+    if isinstance(x, torch.Tensor):
+        return tuple(x.shape)
+    if isinstance(x, (tuple, list)):
+        return tuple(_shapes(v) for v in x)
+    return None
+
+
+def _meta(shapes: Shapes) -> Any:
+    if shapes is None:
+        return None
+    if all(isinstance(s, int) for s in shapes):
+        return torch.empty(shapes, device='meta')
+    return tuple(_meta(s) for s in shapes)
+
+
+def _positional_qkv(module: nn.Module, args: tuple, kwargs: dict):
+    """mmcv calls nn.MultiheadAttention with query=/key=/value= keywords; the
+    formula reads them from the positional inputs."""
+    if not args and 'query' in kwargs:
+        args = tuple(kwargs.pop(k) for k in ('query', 'key', 'value'))
+    return args, kwargs
+
+
+@contextlib.contextmanager
+def recording(model: nn.Module) -> Iterator[Record]:
+    """Record each counted layer's shapes in the forwards run inside the block."""
+    record: Record = {}
+    handles = []
+
+    def hook_for(name: str):
+        def hook(module, args, output):
+            record.setdefault(name, []).append((_shapes(args), _shapes(output)))
+        return hook
+
+    for name, m in _counted_layers(model).items():
+        if isinstance(m, nn.MultiheadAttention):
+            handles.append(m.register_forward_pre_hook(_positional_qkv, with_kwargs=True))
+        handles.append(m.register_forward_hook(hook_for(name)))
+    try:
+        yield record
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def record_shapes(model: nn.Module, batch: Dict[str, Any]) -> Record:
+    """Run the tensor-mode forward once, recording each counted layer's shapes."""
+    with recording(model) as record, torch.no_grad():
+        tensor_forward(model, batch)
+    return record
+
+
+class _Counter:
+    """Stands for a layer in torch-pruning's formula, which adds to ``__flops__``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        object.__setattr__(self, '_module', module)
+        self.__flops__ = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(object.__getattribute__(self, '_module'), name)
+
+
+def flops_of(model: nn.Module, record: Record, images: int = 1) -> int:
+    """MACs per image from recorded shapes and the layers' current attributes."""
+    modules = dict(model.named_modules())
+    total = 0
+    for name, calls in record.items():
+        module = modules[name]
+        formula, acc = _formula(module), _Counter(module)
+        for inputs, output in calls:
+            formula(acc, _meta(inputs), _meta(output))
+        total += acc.__flops__
+    return int(total // max(images, 1))
+
+
+def _images(batch: Dict[str, Any]) -> int:
+    inputs = batch['inputs']
+    return inputs.shape[0] if isinstance(inputs, torch.Tensor) else len(inputs)
+
+
+def count_flops_params(model: nn.Module, batch: Dict[str, Any]) -> Tuple[int, int]:
+    """(MACs per image, params) of the widened tensor-mode forward on ``batch``."""
+    flops = flops_of(model, record_shapes(model, batch), _images(batch))
+    return flops, sum(p.numel() for p in model.parameters())
+
+
+def _transfer(full: Shapes, small: Shapes, now: Shapes) -> Shapes:
+    """``full`` with the dimensions that changed from ``small`` to ``now`` replaced;
+    raises ValueError when a changed dimension also differs between the sizes."""
+    if full is None or small is None or now is None:
+        if not (full is None and small is None and now is None):
+            raise ValueError('inputs differ')
+        return None
+    if len(full) != len(small) or len(now) != len(small):
+        raise ValueError('ranks differ')
+    if all(isinstance(s, int) for s in full):
+        out = []
+        for f, s, n in zip(full, small, now):
+            if n == s:
+                out.append(f)
+            elif f == s:  # a channel dimension: the same at both input sizes
+                out.append(n)
+            else:
+                raise ValueError('a dimension depends on both channels and input size')
+        return tuple(out)
+    return tuple(_transfer(f, s, n) for f, s, n in zip(full, small, now))
+
+
+class FlopsCounter:
+    """FLOPs of a model at ``batch`` (the full size), re-counted after pruning.
+
+    Args:
+        model: the dense model.
+        batch: the full-size example batch the FLOPs are counted at.
+        small: a batch at the small tracing size; re-counts then run the
+            forward at this size (see the module docstring). None: full size.
+        small_record: the dense model's shapes at ``small``, when a forward
+            already recorded them (:func:`recording`).
+    """
+
+    def __init__(self, model: nn.Module, batch: Dict[str, Any],
+                 small: Optional[Dict[str, Any]] = None,
+                 small_record: Optional[Record] = None) -> None:
+        self.batch, self.images = batch, _images(batch)
+        self.shape = tuple(batch['inputs'].shape[-2:])  # of the forward last run
+        self.full = record_shapes(model, batch)
+        self.dense = flops_of(model, self.full, self.images)
+        self.small = small if small is not None and small is not batch else None
+        self.small_dense = None if self.small is None else \
+            small_record or record_shapes(model, small)
+        self.full_forwards = 0  # re-counts that needed the full-size forward
+
+    def count(self, model: nn.Module) -> int:
+        """MACs per image of ``model`` (the dense one, pruned) at the full size."""
+        if self.small is not None:
+            self.shape = tuple(self.small['inputs'].shape[-2:])
+            now = record_shapes(model, self.small)
+            try:
+                if set(now) != set(self.small_dense) or set(now) != set(self.full) or any(
+                        len(now[k]) != len(self.small_dense[k]) or
+                        len(now[k]) != len(self.full[k]) for k in now):
+                    raise ValueError('layers ran a different number of times')
+                full = {k: [(_transfer(f[0], s[0], n[0]), _transfer(f[1], s[1], n[1]))
+                            for f, s, n in zip(self.full[k], self.small_dense[k], now[k])]
+                        for k in now}
+            except ValueError:
+                full = None
+            if full is not None:
+                flops = flops_of(model, full, self.images)
+                if os.environ.get('MMPRUNE_CHECK_FLOPS') == '1':
+                    real = count_flops_params(model, self.batch)[0]
+                    assert flops == real, f'FLOPs re-count {flops} != full forward {real}'
+                return flops
+        self.full_forwards += 1
+        self.shape = tuple(self.batch['inputs'].shape[-2:])
+        return count_flops_params(model, self.batch)[0]

@@ -18,7 +18,10 @@ pruning, structure) against the same prune written by hand with raw
 torch-pruning (``MetaPruner`` + ``GroupMagnitudeImportance``, given the output
 layers mmprune found, forward in ``mode='tensor'``), alone and with the FLOPs
 counts before and after that mmprune also does (mmprune traces the graph at a
-short side of ``mmprune.pruner.TRACE_SIDE`` and counts FLOPs at ``--shape``).
+short side of ``mmprune.pruner.TRACE_SIDE``, counts the dense FLOPs at ``--shape``
+and re-counts the pruned ones from a forward at the traced size, see
+``mmprune.flops``). "without them": mmprune's time less its FLOPs-counting
+forwards, against raw torch-pruning's graph build + prune ("ratio").
 """
 from __future__ import annotations
 
@@ -86,8 +89,8 @@ def bench_model(name: str, config: str, args) -> dict:
 
     import mmprune
     from mmprune.graph import make_batch, tensor_forward
-    import mmprune.pruner as pruner_mod
-    from mmprune.pruner import count_flops_params
+    import mmprune.flops as flops_mod
+    from mmprune.flops import count_flops_params
     shape = tuple(args.shape)
     dense, cfg = mmprune.build_model(config)
     dense.eval()
@@ -98,23 +101,27 @@ def bench_model(name: str, config: str, args) -> dict:
     # prune time: mmprune vs raw torch-pruning, both at ratio 0.5 from the dense model;
     # mmprune's own FLOPs counting (before and after, at the full input) is timed apart
     m = copy.deepcopy(dense)
-    with timed(pruner_mod, 'count_flops_params') as counting:
+    with timed(flops_mod, 'record_shapes') as counting:  # the forwards that count FLOPs
         t0 = time.perf_counter()
         res = mmprune.prune(m, 0.5, cfg=cfg, input_shape=shape, round_to=args.round_to)
         rec['mmprune_prune_s'] = round(time.perf_counter() - t0, 2)
     rec['mmprune_count_s'] = round(counting[0], 2)
+    raw = copy.deepcopy(dense)
+    t0 = time.perf_counter()  # what a hand-written prune adds to report its FLOPs
+    count_flops_params(raw, batch)
+    count_s = time.perf_counter() - t0
     try:
-        raw = copy.deepcopy(dense)
-        t0 = time.perf_counter()  # what a hand-written prune adds to report its FLOPs
-        count_flops_params(raw, batch)
-        count_s = time.perf_counter() - t0
         rec['raw_tp_prune_s'] = round(raw_torch_pruning(raw, batch, res.output_layers, 0.5), 2)
-        t0 = time.perf_counter()
-        count_flops_params(raw, batch)
-        rec['raw_tp_count_s'] = round(count_s + time.perf_counter() - t0, 2)
     except Exception as e:  # noqa: BLE001 - raw torch-pruning fails on some families
         rec['raw_tp_prune_s'] = None
         rec['raw_tp_error'] = f'{type(e).__name__}: {str(e)[:200]}'
+    else:
+        try:
+            t0 = time.perf_counter()
+            count_flops_params(raw, batch)
+            rec['raw_tp_count_s'] = round(count_s + time.perf_counter() - t0, 2)
+        except Exception as e:  # noqa: BLE001 - the model it pruned may not run
+            rec['raw_tp_broken'] = f'{type(e).__name__}: {str(e)[:200]}'
     variants = {'dense': dense}
     rec['pruned'] = {}
     for t in args.targets:
@@ -207,18 +214,23 @@ def table(records: list) -> str:
             lines.append(f'| {rec["model"]} | {r["target"]} | {100 * r["flops_ratio"]:.1f}% | '
                          + ' | '.join(cells) + f' | {r["prune_s"]} |')
     lines.append('')
-    lines.append('| model | mmprune.prune(0.5) s | of which FLOPs counts s | raw torch-pruning s '
-                 '| ratio | raw + 2 FLOPs counts s | ratio |')
-    lines.append('|---|---|---|---|---|---|---|')
+    lines.append('| model | mmprune.prune(0.5) s | of which FLOPs counts s | without them s '
+                 '| raw torch-pruning s | ratio | raw + 2 FLOPs counts s | ratio |')
+    lines.append('|---|---|---|---|---|---|---|---|')
     for rec in records:
         raw, ours = rec.get('raw_tp_prune_s'), rec['mmprune_prune_s']
+        counts = rec.get('mmprune_count_s', 0)
+        bare = round(ours - counts, 2)
+        head = f'| {rec["model"]} | {ours} | {counts} | {bare} | '
         if not raw:
-            lines.append(f'| {rec["model"]} | {ours} | {rec.get("mmprune_count_s", "-")} | '
-                         f'failed: {rec.get("raw_tp_error", "")[:80]} | - | - | - |')
+            lines.append(head + f'failed: {rec.get("raw_tp_error", "")[:80]} | - | - | - |')
             continue
-        counted = raw + rec.get('raw_tp_count_s', 0)
-        lines.append(f'| {rec["model"]} | {ours} | {rec.get("mmprune_count_s", "-")} | {raw} | '
-                     f'{ours / raw:.2f} | {counted:.2f} | {ours / counted:.2f} |')
+        if 'raw_tp_count_s' not in rec:  # pruned, but the result does not run
+            lines.append(head + f'{raw} | {bare / raw:.2f} | its pruned model fails: '
+                         f'{rec.get("raw_tp_broken", "")[:60]} | - |')
+            continue
+        counted = raw + rec['raw_tp_count_s']
+        lines.append(head + f'{raw} | {bare / raw:.2f} | {counted:.2f} | {ours / counted:.2f} |')
     return '\n'.join(lines)
 
 

@@ -340,14 +340,16 @@ def prune(model: Union[nn.Module, str, Any],
     try:
         with tracing_state(model), follow_input_channels(model):
             small = _trace_batch(model, cfg, batch, seed)
+            built: List[Any] = []  # the dependency graph, built from the same forward
             try:
                 with recording(model) as small_record:  # the dense shapes at the small size
-                    output_layers, _ = find_output_layers(model, small)
+                    output_layers, _ = find_output_layers(model, small, _building(built))
             except Exception:  # the model does not run at the smaller size: trace at full size
                 if small is batch:
                     raise
-                small = batch
-                output_layers, _ = find_output_layers(model, batch)
+                small, small_record = batch, None
+                built.clear()
+                output_layers, _ = find_output_layers(model, batch, _building(built))
             named = dict(model.named_modules())
             keep = list(ignored.values()) + [named[n] for n in output_layers] \
                 + _attention_projections(model)
@@ -358,6 +360,7 @@ def prune(model: Union[nn.Module, str, Any],
             def run(ratio: float, refine: bool = False, exact: bool = False) -> int:
                 _prune_steps(model, small, importance, ratio, keep,
                              None if refine else ratio_dict, data, num_batches,
+                             graph=built.pop() if built else None,
                              global_pruning=global_pruning or refine,
                              max_pruning_ratio=max_pruning_ratio,
                              round_to=None if exact else round_to,
@@ -602,17 +605,65 @@ def _fast_flatten_mapping():
         _FlattenIndexMapping.__call__ = original
 
 
+def _building(built: List[Any]) -> Callable:
+    """:func:`tensor_forward` for :func:`find_output_layers` that also builds
+    torch-pruning's dependency graph from the same run, so that the first
+    ``MetaPruner`` takes it instead of tracing the model again. The graph and the
+    concat layouts of its forward go to ``built``; when the graph cannot be built,
+    nothing does (the ``MetaPruner`` then builds it and reports the error)."""
+    def forward(model: nn.Module, batch: Dict[str, Any], kept: Optional[List[Any]] = None):
+        outputs: List[Any] = []
+
+        def run(m, b):
+            outputs.append(tensor_forward(m, b, kept))
+            return outputs[-1]
+        try:
+            with _concat_sizes_guard(), _fast_flatten_mapping():
+                graph = tp.DependencyGraph().build_dependency(
+                    model, batch, forward_fn=run, customized_pruners=customized_pruners_for(model))
+            built.append((graph, dict(CONCAT_LAYOUT)))
+        except Exception:
+            if not outputs:
+                raise
+        return outputs[0]
+    return forward
+
+
+@contextlib.contextmanager
+def _given_graph(graph):
+    """``MetaPruner`` takes ``graph`` (a graph and its concat layouts from
+    :func:`_building`, for the model as it is) instead of building one."""
+    if graph is None:
+        yield
+        return
+    from torch_pruning import dependency
+    graph, layout = graph
+    real = dependency.DependencyGraph
+    CONCAT_LAYOUT.clear()
+    CONCAT_LAYOUT.update(layout)  # a later forward (the FLOPs count) replaced them
+
+    class Given:
+        def build_dependency(self, *args, **kwargs):
+            return graph
+    dependency.DependencyGraph = Given
+    try:
+        yield
+    finally:
+        dependency.DependencyGraph = real
+
+
 def _prune_steps(model: nn.Module, batch: Dict[str, Any], importance, ratio: float,
                  keep: List[nn.Module], ratio_dict, data, num_batches: int,
-                 **options) -> None:
+                 graph=None, **options) -> None:
     name = importance_name(importance)
     imp = build_importance(importance)
     with _concat_sizes_guard(), _fast_flatten_mapping():
-        pruner = tp.pruner.MetaPruner(
-            model, batch, importance=imp, pruning_ratio=ratio,
-            pruning_ratio_dict=ratio_dict or None, ignored_layers=keep,
-            customized_pruners=customized_pruners_for(model),
-            forward_fn=tensor_forward, **options)
+        with _given_graph(graph):
+            pruner = tp.pruner.MetaPruner(
+                model, batch, importance=imp, pruning_ratio=ratio,
+                pruning_ratio_dict=ratio_dict or None, ignored_layers=keep,
+                customized_pruners=customized_pruners_for(model),
+                forward_fn=tensor_forward, **options)
         _name_importance_failures(pruner, name)
         if options.get('round_to'):
             _round_by_groups(pruner, down=options.get('global_pruning', False))

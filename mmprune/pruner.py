@@ -399,38 +399,46 @@ def prune(model: Union[nn.Module, str, Any],
 
 
 def _bracket(run: Callable[[float], int], restore: Callable[[], None], dense: int,
-             target: float, cap: float, guess: float):
+             target: float, cap: float, guess: float, start: float = 1.0,
+             near: Optional[float] = None):
     """Search the ratio whose FLOPs are ``target`` of ``dense``.
 
-    FLOPs fall roughly as ``(1 - ratio) ** k``; each trial re-fits ``k`` and
-    the estimate is kept inside the bracket of the trials so far. Returns
-    ``(ratio, frac, met)``: when met, the model is left pruned at ``ratio``;
-    otherwise it is restored and ``ratio`` is the largest one tried whose
-    FLOPs fraction ``frac`` is still above the target.
+    ``start`` is the FLOPs fraction at ratio 0 (below 1 when refining a pruned
+    model). With ``near``, the search stops at a trial above the target by at
+    most ``near * target`` (a refinement takes it from there). FLOPs fall roughly as ``(1 - ratio) ** k``; each trial fits ``k``
+    through itself and the largest ratio still above the target (ratio 0 at
+    first), and the estimate is kept inside the bracket of the trials so far.
+    Returns ``(ratio, frac, met, pruned)``: when met, the model is left pruned
+    at ``ratio``; otherwise ``ratio`` is the largest one tried whose FLOPs
+    fraction ``frac`` is still above the target, and the model is left pruned
+    at it when ``pruned`` (its trial was the last), else restored.
     """
-    lo, f_lo, hi = 0.0, 1.0, cap
+    lo, f_lo, hi = 0.0, start, cap
     ratio = min(max(guess, 1e-3), cap)
     for _ in range(10):
         frac = run(ratio) / dense
         if abs(frac - target) <= FLOPS_TOLERANCE * target:
-            return ratio, frac, True
-        restore()
+            return ratio, frac, True, True
+        base, f_base = lo, f_lo
         if frac > target:
             lo, f_lo = ratio, frac
-            if ratio >= cap:
-                break
         else:
             hi = ratio
-        if hi - lo < 5e-3:  # FLOPs move in steps here; leave the rest to refinement
-            break
+        # FLOPs move in steps here (leave the rest to refinement), or the cap is reached
+        if hi - lo < 5e-3 or lo >= cap or (
+                near is not None and lo == ratio and frac - target <= near * target):
+            if lo != ratio:
+                restore()
+            return lo, f_lo, False, lo == ratio and lo > 0
+        restore()
         estimate = (lo + hi) / 2
-        if 0 < frac < 1 and 0 < ratio < 1:
-            k = math.log(frac) / math.log(1 - ratio)
-            estimate = 1 - target ** (1 / k) if k > 0 else estimate
+        if 0 < frac < f_base and base < ratio < 1:
+            k = math.log(frac / f_base) / math.log((1 - ratio) / (1 - base))
+            estimate = 1 - (1 - base) * (target / f_base) ** (1 / k)
         if not lo < estimate < hi:
             estimate = (lo + hi) / 2 if hi < cap or frac <= target else cap
         ratio = min(estimate, cap)
-    return lo, f_lo, False
+    return lo, f_lo, False, False
 
 
 def _search_flops(run: Callable[..., int], restore: Callable[[], None], model: nn.Module,
@@ -443,28 +451,32 @@ def _search_flops(run: Callable[..., int], restore: Callable[[], None], model: n
     (with exact channel counts when rounded ones cannot land within it).
     """
     cap = min(max_ratio, 0.99)
-    ratio, frac, met = _bracket(run, restore, dense, target, cap, 1 - math.sqrt(target))
+    # a uniform ratio within 3x the tolerance above the target is left to the refinement
+    ratio, frac, met, pruned = _bracket(run, restore, dense, target, cap,
+                                        1 - math.sqrt(target), near=3 * FLOPS_TOLERANCE)
     if met:
         return dict(pruning_ratio=ratio)
     if ratio >= cap:
         raise ValueError(
             f'target_flops={target} is unreachable: at the largest allowed ratio {cap:.3f} '
             f'(max_pruning_ratio={max_ratio}) FLOPs are still {frac:.1%} of dense')
-    if ratio > 0:
+    if ratio > 0 and not pruned:
         run(ratio)
     before = snapshot(model)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     exact = False
-    extra, frac2, met = _bracket(lambda r: run(r, refine=True),
-                                 lambda: _restore(model, before, state), dense, target,
-                                 cap, (frac - target) / frac / 2)
+    extra, frac2, met, pruned = _bracket(lambda r: run(r, refine=True),
+                                         lambda: _restore(model, before, state), dense, target,
+                                         cap, (frac - target) / frac / 2, frac)
     if not met:  # rounded channel counts move FLOPs in steps too coarse for the target
         exact = True
-        extra, frac2, met = _bracket(lambda r: run(r, refine=True, exact=True),
-                                     lambda: _restore(model, before, state), dense, target,
-                                     cap, (frac - target) / frac / 2)
-    if not met:  # frac2 is the bracket's bound, not the model's FLOPs: report those
-        final = run(extra, refine=True, exact=exact) / dense if extra > 0 else frac
+        if pruned:
+            _restore(model, before, state)
+        extra, frac2, met, pruned = _bracket(lambda r: run(r, refine=True, exact=True),
+                                             lambda: _restore(model, before, state), dense,
+                                             target, cap, (frac - target) / frac / 2, frac)
+    if not met:  # the model keeps the largest refinement above the target
+        final = frac2 if pruned or extra == 0 else run(extra, refine=True, exact=True) / dense
         print_log(f'[mmprune] target_flops={target} not met within {FLOPS_TOLERANCE:.0%}: '
                   f'{final:.1%} of the FLOPs before this prune', logger='current',
                   level=logging.WARNING)

@@ -107,7 +107,7 @@ def main(argv=None) -> dict:
         print(line)
     if m['mmengine_flops'] is not None:
         print(f'(mmengine counter: {m["mmengine_flops"] / 1e9:.3f}G for the model)')
-    print(f'FLOPs: MACs at {"x".join(map(str, m["input_shape"]))}, torch-pruning counter; '
+    print(f'FLOPs: MACs at {"x".join(map(str, m["input_shape"]))}, per image, mmprune.flops; '
           f'latency: median CPU forward, batch 1')
     if rows:
         shown = rows if args.layers == 0 else rows[:args.layers]

@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
     print(f'{"params":10s}{result.params[0] / 1e6:>13.2f}M{result.params[1] / 1e6:>13.2f}M'
           f'{result.params_ratio:>9.1%}')
     print(f'{"FLOPs":10s}{result.flops[0] / 1e9:>13.2f}G{result.flops[1] / 1e9:>13.2f}G'
-          f'{result.flops_ratio:>9.1%}   (MACs at {shape}, torch-pruning counter)')
+          f'{result.flops_ratio:>9.1%}   (MACs at {shape}, per image, mmprune.flops)')
     print(f'\npruned in {t2 - t1:.1f}s; kept output layers: {", ".join(result.output_layers)}')
     print(f'config:     {cfg_path}\ncheckpoint: {ckpt_path}')
     return summary

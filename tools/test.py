@@ -152,7 +152,7 @@ def table(rows: list) -> str:
                      f'{r["size_mb"]:>9.2f}')
     shape = 'x'.join(map(str, rows[0]['input_shape']))
     how = ', models interleaved' if len(rows) > 1 else ''
-    lines.append(f'(FLOPs: MACs at {shape}, torch-pruning counter; latency: median tensor-mode '
+    lines.append(f'(FLOPs: MACs at {shape}, per image, mmprune.flops; latency: median tensor-mode '
                  f'forward, batch 1{how}; delta vs {base["tag"]})')
     return '\n'.join(lines)
 

@@ -120,7 +120,8 @@ def test_iteration_hook_through_mmseg_train(tmp_path):
     steps = STEP.findall(log)
     assert [s[:2] for s in steps] == [('1', '3'), ('2', '3'), ('3', '3')], log[-3000:]
     ratios = [float(s[2]) / 100 for s in steps]
-    assert ratios[0] > ratios[1] > ratios[2] and abs(ratios[2] - 0.5) <= 0.01
+    # target_flops lands within 2 % of 0.5 (FLOPS_TOLERANCE); the log prints one decimal
+    assert ratios[0] > ratios[1] > ratios[2] and abs(ratios[2] - 0.5) <= 0.01 + 5e-4
     assert 'mIoU' in log
     from mmseg.apis import init_model
     model = init_model(str(tmp_path / 'wd' / 'pspnet_r18_tiny_prune-hook_pruned.py'),
@@ -136,7 +137,7 @@ def test_two_ranks_prune_identically(coco, tmp_path):
                cwd=str(tmp_path))
     assert log.count('the same on all 2 ranks') == 2, log[-3000:]
     summary = json.load(open(tmp_path / 'ddp' / 'prune_train_summary.json'))
-    assert summary['steps_done'] == [0, 1] and abs(summary['flops_ratio'] - 0.5) <= 0.01
+    assert summary['steps_done'] == [0, 1] and abs(summary['flops_ratio'] - 0.5) <= 0.01 + 1e-9
 
 
 class _CheckOptimizer(Hook):

@@ -45,10 +45,12 @@ def _counted_layers(model: nn.Module) -> Dict[str, nn.Module]:
     """Layers with a formula; the layers inside one are its own business (as in
     torch-pruning's counter, which does not descend into a counted module)."""
     out: Dict[str, nn.Module] = {}
+    inside = None  # prefix of the counted layer whose submodules follow (pre-order walk)
     for name, m in model.named_modules():
-        if any(name.startswith(p + '.') for p in out) or _formula(m) is None:
+        if inside is not None and name.startswith(inside):
             continue
-        out[name] = m
+        if _formula(m) is not None:
+            out[name], inside = m, name + '.'
     return out
 
 

@@ -405,9 +405,10 @@ def _bracket(run: Callable[[float], int], restore: Callable[[], None], dense: in
 
     ``start`` is the FLOPs fraction at ratio 0 (below 1 when refining a pruned
     model). With ``near``, the search stops at a trial above the target by at
-    most ``near * target`` (a refinement takes it from there). FLOPs fall roughly as ``(1 - ratio) ** k``; each trial fits ``k``
-    through itself and the largest ratio still above the target (ratio 0 at
-    first), and the estimate is kept inside the bracket of the trials so far.
+    most ``near * target`` (a refinement takes it from there). FLOPs fall
+    roughly as ``(1 - ratio) ** k``; each trial fits ``k`` through itself and
+    the largest ratio still above the target (ratio 0 at first), and the
+    estimate is kept inside the bracket of the trials so far.
     Returns ``(ratio, frac, met, pruned)``: when met, the model is left pruned
     at ``ratio``; otherwise ``ratio`` is the largest one tried whose FLOPs
     fraction ``frac`` is still above the target, and the model is left pruned

@@ -118,17 +118,23 @@ class _Counter:
         return getattr(object.__getattribute__(self, '_module'), name)
 
 
-def flops_of(model: nn.Module, record: Record, images: int = 1) -> int:
-    """MACs per image from recorded shapes and the layers' current attributes."""
+def layer_flops(model: nn.Module, record: Record) -> Dict[str, int]:
+    """MACs of each recorded layer (all its calls, all images) from recorded
+    shapes and the layers' current attributes."""
     modules = dict(model.named_modules())
-    total = 0
+    out = {}
     for name, calls in record.items():
         module = modules[name]
         formula, acc = _formula(module), _Counter(module)
         for inputs, output in calls:
             formula(acc, _meta(inputs), _meta(output))
-        total += acc.__flops__
-    return int(total // max(images, 1))
+        out[name] = acc.__flops__
+    return out
+
+
+def flops_of(model: nn.Module, record: Record, images: int = 1) -> int:
+    """MACs per image from recorded shapes and the layers' current attributes."""
+    return int(sum(layer_flops(model, record).values()) // max(images, 1))
 
 
 def _images(batch: Dict[str, Any]) -> int:

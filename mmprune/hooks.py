@@ -36,8 +36,12 @@ from .tracking import remap_optimizer, slice_copy, slices_by_name, track_slices
 
 RAMPS = ('linear', 'cubic')
 META_KEY = 'mmprune'
+#: ``meta['mmprune']['flops_counter']`` of checkpoints whose FLOPs are MACs per image
+#: (:mod:`mmprune.flops`); checkpoints saved before 2026-11-28 lack it: their FLOPs came
+#: from torch-pruning's counter, which divided by the batch dict's number of keys
+FLOPS_COUNTER = 'macs-per-image'
 _PRUNE_OPTIONS = ('global_pruning', 'pruning_ratio_dict', 'max_pruning_ratio', 'round_to',
-                  'ignored_layers', 'iterative_steps', 'seed')
+                  'ignored_layers', 'iterative_steps', 'allocation', 'seed')
 
 
 def compose(first: Dict[str, Any], then: Dict[str, Any]) -> Dict[str, Any]:
@@ -143,18 +147,19 @@ class PruningHook(Hook):
     def step_kwargs(self, k: int) -> Dict[str, Any]:
         """Arguments of :func:`mmprune.prune` for step ``k`` on the current model."""
         kwargs: Dict[str, Any] = dict(importance=self.importance, **self.options)
+
+        def step_ratio(ratio: float) -> float:  # of the channels left, so that the steps
+            done = ratio * (self.fraction(k - 1) if k > 0 else 0.0)  # compose to ``ratio``
+            return 1 - (1 - ratio * self.fraction(k)) / (1 - done)
+
         if self.target_flops is not None:
             goal = 1 - (1 - self.target_flops) * self.fraction(k)  # of the dense FLOPs
             kwargs['target_flops'] = min(1.0, goal * self.dense['flops'] / self.current['flops'])
         else:
-            ratio = self.pruning_ratio or 0.0
-            done = ratio * (self.fraction(k - 1) if k > 0 else 0.0)
-            goal = ratio * self.fraction(k)
-            kwargs['pruning_ratio'] = 1 - (1 - goal) / (1 - done)
-            if self.options.get('pruning_ratio_dict'):
-                kwargs['pruning_ratio_dict'] = {
-                    p: 1 - (1 - r * self.fraction(k)) / (1 - r * (self.fraction(k - 1) if k else 0))
-                    for p, r in self.options['pruning_ratio_dict'].items()}
+            kwargs['pruning_ratio'] = step_ratio(self.pruning_ratio or 0.0)
+        if self.options.get('pruning_ratio_dict'):  # fixed ratios: ramped, as the ratio is
+            kwargs['pruning_ratio_dict'] = {p: step_ratio(r) for p, r in
+                                            self.options['pruning_ratio_dict'].items()}
         return kwargs
 
     # ---- runner events ----------------------------------------------------------------
@@ -182,7 +187,8 @@ class PruningHook(Hook):
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint.setdefault('meta', {})[META_KEY] = dict(
             structure=copy.deepcopy(self.structure), done=list(self.done),
-            dense=self.dense, current=self.current, hash=structure_hash(self.structure))
+            dense=self.dense, current=self.current, hash=structure_hash(self.structure),
+            flops_counter=FLOPS_COUNTER)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         meta = (checkpoint.get('meta') or {}).get(META_KEY)
@@ -201,8 +207,19 @@ class PruningHook(Hook):
             self.structure = copy.deepcopy(structure)
         if runner._resume:  # carry on with the schedule; load_from starts a new one
             self.done = list(meta.get('done', []))
-        self.dense = meta.get('dense') or self.dense
-        self.current = meta.get('current') or self.current
+        dense, current = meta.get('dense'), meta.get('current')
+        if dense and current and meta.get('flops_counter') != FLOPS_COUNTER:
+            # an older checkpoint: re-count the model as it now is (its structure applied);
+            # the dense FLOPs keep the stored ratio, which the old counter got right
+            now = self._count(runner)
+            dense = dict(dense, flops=round(now['flops'] * dense['flops'] / current['flops']))
+            current = dict(current, flops=now['flops'])
+            runner.logger.warning(
+                f'[mmprune] the checkpoint\'s FLOPs were counted by an older mmprune (half '
+                f'the MACs per image); re-counted: {current["flops"] / 1e9:.4f}G now, '
+                f'{dense["flops"] / 1e9:.4f}G dense')
+        self.dense = dense or self.dense
+        self.current = current or self.current
         runner.logger.info(f'[mmprune] pruned structure {structure_hash(structure)} rebuilt '
                            f'from the checkpoint; steps done: {self.done}')
 

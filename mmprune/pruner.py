@@ -24,11 +24,13 @@ import torch_pruning as tp
 from mmengine.logging import print_log
 
 from .custom_layers import customized_pruners_for
-from .flops import FlopsCounter, count_flops_params, recording  # noqa: F401 (re-exported)
+from .flops import (FlopsCounter, count_flops_params, layer_flops,  # noqa: F401 (re-exported)
+                    recording)
 from .graph import (CONCAT_LAYOUT, find_output_layers, follow_input_channels, make_batch,
                     tensor_forward, tracing_state)
 from .importance import (DEFAULT_IMPORTANCE, GRADIENT_IMPORTANCES, PER_SAMPLE_IMPORTANCES,
                          build_importance, importance_name)
+from .latency import group_weights, layer_times
 from .structure import apply_structure, diff, snapshot, structure_between
 
 #: relative tolerance on ``target_flops``
@@ -42,6 +44,9 @@ TRACE_SIDE: Optional[int] = 256
 #: RetinaNet / Faster / Mask R-CNN-R50). Layers narrower than ``2 * round_to`` keep the
 #: exact count. ``round_to=None`` (or 1) gives exact counts.
 DEFAULT_ROUND_TO: Optional[int] = 8
+#: values of ``allocation``: the same ratio for every group, or ratios weighted by
+#: each group's measured time per FLOP (:mod:`mmprune.latency`)
+ALLOCATIONS = ('uniform', 'latency')
 
 
 @dataclass
@@ -257,6 +262,7 @@ def prune(model: Union[nn.Module, str, Any],
           iterative_steps: int = 1,
           target_flops: Optional[float] = None,
           ignored_layers: Sequence[str] = (),
+          allocation: str = 'uniform',
           data: Optional[Iterable[Dict[str, Any]]] = None,
           num_batches: int = 2,
           seed: int = 0) -> PruneResult:
@@ -286,6 +292,12 @@ def prune(model: Union[nn.Module, str, Any],
             (within 2 %); overrides ``pruning_ratio``.
         ignored_layers: layer names or glob patterns never pruned, in addition
             to the output layers found from the graph.
+        allocation: ``'uniform'`` prunes every group at ``pruning_ratio``;
+            ``'latency'`` prunes each group at the ratio times its measured
+            time per FLOP relative to the model's (:mod:`mmprune.latency`,
+            timed at ``input_shape`` on the model's device), so that the same
+            FLOPs cost less time. ``pruning_ratio_dict`` entries keep their
+            ratios.
         data: batches (as given by a dataloader) for gradient criteria;
             synthetic batches with the model's loss are used when None.
         num_batches: batches used by gradient criteria.
@@ -306,6 +318,11 @@ def prune(model: Union[nn.Module, str, Any],
         raise ValueError(f'iterative_steps must be a positive int, but got {iterative_steps!r}')
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise ValueError(f'round_to must be a positive int or None, but got {round_to!r}')
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f'allocation must be one of {ALLOCATIONS}, but got {allocation!r}')
+    if allocation != 'uniform' and global_pruning:
+        raise ValueError(f'allocation={allocation!r} sets each group\'s ratio; it does not '
+                         f'combine with global_pruning=True (one ranking across layers)')
     if isinstance(ignored_layers, str):
         ignored_layers = [ignored_layers]
     ratio_patterns = {k: _check_ratio(f'pruning_ratio_dict[{k!r}]', v)
@@ -333,7 +350,7 @@ def prune(model: Union[nn.Module, str, Any],
                    pruning_ratio_dict=ratio_patterns or None,
                    max_pruning_ratio=max_pruning_ratio, round_to=round_to,
                    iterative_steps=iterative_steps, target_flops=target_flops,
-                   ignored_layers=list(ignored_layers),
+                   ignored_layers=list(ignored_layers), allocation=allocation,
                    input_shape=list(batch['inputs'].shape[-2:]))
     before = snapshot(model)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -356,6 +373,8 @@ def prune(model: Union[nn.Module, str, Any],
             _check_prunable(ratio_matches, keep)
             counter = FlopsCounter(model, batch, small, small_record)
             flops0, params0 = counter.dense, sum(p.numel() for p in model.parameters())
+            latency = _Latency(layer_times(model, batch), layer_flops(model, counter.full)) \
+                if allocation == 'latency' else None
 
             def run(ratio: float, refine: bool = False, exact: bool = False) -> int:
                 _prune_steps(model, small, importance, ratio, keep,
@@ -364,7 +383,8 @@ def prune(model: Union[nn.Module, str, Any],
                              global_pruning=global_pruning or refine,
                              max_pruning_ratio=max_pruning_ratio,
                              round_to=None if exact else round_to,
-                             iterative_steps=1 if refine else iterative_steps)
+                             iterative_steps=1 if refine else iterative_steps,
+                             latency=None if refine else latency)
                 try:  # the counting forward also lets follow_input_channels see the new channels
                     return counter.count(model)
                 except Exception as e:
@@ -667,7 +687,7 @@ def _given_graph(graph):
 
 def _prune_steps(model: nn.Module, batch: Dict[str, Any], importance, ratio: float,
                  keep: List[nn.Module], ratio_dict, data, num_batches: int,
-                 graph=None, **options) -> None:
+                 graph=None, latency: Optional['_Latency'] = None, **options) -> None:
     name = importance_name(importance)
     imp = build_importance(importance)
     with _concat_sizes_guard(), _fast_flatten_mapping():
@@ -678,12 +698,49 @@ def _prune_steps(model: nn.Module, batch: Dict[str, Any], importance, ratio: flo
                 customized_pruners=customized_pruners_for(model),
                 forward_fn=tensor_forward, **options)
         _name_importance_failures(pruner, name)
+        if latency is not None:
+            latency.allocate(pruner, model, ratio)
         if options.get('round_to'):
             _round_by_groups(pruner, down=options.get('global_pruning', False))
         try:
             _run_steps(model, pruner, imp, name, data, num_batches, options['iterative_steps'])
         finally:
             CONCAT_LAYOUT.clear()  # it holds the traced autograd graph
+
+
+class _Latency:
+    """Per-group ratios of ``allocation='latency'``: each group's weight from
+    :func:`mmprune.latency.group_weights`, computed on the first prune (of the
+    model as given) and kept by the groups' root layer names for later trials."""
+
+    def __init__(self, times, flops: Dict[str, int]) -> None:
+        self.times, self.flops = times, flops
+        self.weights: Optional[Dict[str, float]] = None
+        self.members: Dict[str, List[str]] = {}  # root -> layers whose outputs it prunes
+
+    def allocate(self, pruner, model: nn.Module, ratio: float) -> None:
+        graph = pruner.DG
+        if self.weights is None:
+            names = {m: n for n, m in model.named_modules()}
+            groups = []
+            for group in graph.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                              root_module_types=pruner.root_module_types):
+                members = [(names[dep.target.module], graph.is_out_channel_pruning_fn(dep.handler))
+                           for dep, _ in group if dep.target.module in names]
+                root = names[group[0].dep.target.module]
+                self.members[root] = [n for n, out in members if out]
+                groups.append((root, members))
+            self.weights = group_weights(groups, self.times, self.flops)
+        modules = dict(model.named_modules())
+        given = set(pruner._layer_to_scope)  # pruning_ratio_dict's layers
+        for root, weight in self.weights.items():
+            module = modules.get(root)
+            if module is None or any(modules.get(n) in given for n in self.members.get(root, ())):
+                continue  # a pruning_ratio_dict entry covers this group (as torch-pruning
+                # matches them: a layer whose outputs the group prunes)
+            pruner.pruning_ratio_dict[module] = pruner.iterative_pruning_ratio_scheduler(
+                min(ratio * weight, pruner.max_pruning_ratio), pruner.iterative_steps)
+            pruner._layer_to_scope[module] = (f'_mmprune_latency_{root}', [module])
 
 
 def _round_channels(n_pruned: int, current: int, round_to: int, groups: int = 1,

@@ -208,6 +208,43 @@ def test_one_shot_hook_prunes_once_at_its_iteration(coco, tmp_path):
     assert abs(hook.current['flops'] / hook.dense['flops'] - 0.6) <= 0.02 * 0.6
 
 
+def test_flops_of_checkpoints_from_the_old_counter_are_recounted(coco, tmp_path):
+    """Checkpoints saved before the FLOPs counter fix hold half the MACs and no counter
+    name: loading one re-counts the model (ratio kept); a current one loads as saved."""
+    runner, _ = _runner(coco, tmp_path / 'run', target_flops=0.6, begin=1)
+    runner.train()
+    hook = next(h for h in runner.hooks if isinstance(h, PruningHook))
+    runner.save_checkpoint(str(tmp_path), 'new.pth')
+    ckpt = torch.load(tmp_path / 'new.pth', weights_only=False)
+    meta = ckpt['meta']['mmprune']
+    assert meta['flops_counter'] == 'macs-per-image'
+    assert meta['dense'] == hook.dense and meta['current'] == hook.current
+    del meta['flops_counter']
+    for key in ('dense', 'current'):
+        meta[key]['flops'] //= 2
+    torch.save(ckpt, tmp_path / 'old.pth')
+    for name in ('old.pth', 'new.pth'):
+        fresh, _ = _runner(coco, tmp_path / f'load_{name[:3]}', target_flops=0.6, begin=1)
+        fresh._hooks = [h for h in fresh.hooks if type(h).__name__ != 'EMAHook']  # no run
+        loaded = next(h for h in fresh.hooks if isinstance(h, PruningHook))
+        fresh.load_checkpoint(str(tmp_path / name))
+        assert loaded.current == hook.current
+        assert loaded.dense['flops'] == pytest.approx(hook.dense['flops'], rel=1e-6)
+        assert loaded.dense['params'] == hook.dense['params']
+
+
+@pytest.mark.parametrize('mode', [dict(target_flops=0.5), dict(pruning_ratio=0.5)])
+def test_per_layer_ratios_compose_over_the_steps(mode):
+    """A pruning_ratio_dict entry is reached after the last step, not applied at each
+    (with target_flops it was: three steps of 0.6 kept 6 % of the channels, not 40 %)."""
+    hook = PruningHook(begin=0, end=3, pruning_ratio_dict={'backbone.layer1': 0.6}, **mode)
+    hook.dense = hook.current = dict(flops=100, params=10)
+    kept = 1.0
+    for k in range(len(hook.points)):
+        kept *= 1 - hook.step_kwargs(k)['pruning_ratio_dict']['backbone.layer1']
+    assert len(hook.points) == 3 and kept == pytest.approx(0.4)
+
+
 def test_state_follows_the_pruned_channels():
     """Adam moments and an EMA copy are sliced exactly like the parameters."""
     torch.manual_seed(0)

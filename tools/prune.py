@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument('--max-pruning-ratio', type=float)
     p.add_argument('--round-to', type=int)
     p.add_argument('--iterative-steps', type=int)
+    p.add_argument('--allocation', choices=('uniform', 'latency'),
+                   help='ratio per group: the same (default) or weighted by measured time per FLOP')
     p.add_argument('--ignored-layers', nargs='+', help='layer names or glob patterns to keep')
     p.add_argument('--layer-ratio', nargs='+', metavar='PATTERN=RATIO',
                    help='per-layer ratios, e.g. "backbone.layer4.*=0.3"')
@@ -52,7 +54,8 @@ def parse_args(argv=None):
 def pruning_options(cfg, args) -> dict:
     opts = dict(cfg.get('pruning') or {})
     for key in ('pruning_ratio', 'importance', 'target_flops', 'global_pruning',
-                'max_pruning_ratio', 'round_to', 'iterative_steps', 'ignored_layers'):
+                'max_pruning_ratio', 'round_to', 'iterative_steps', 'ignored_layers',
+                'allocation'):
         value = getattr(args, key)
         if value is not None:
             opts[key] = value

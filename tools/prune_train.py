@@ -53,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument('--by-iter', action='store_true', help='count begin/end/interval in iterations')
     p.add_argument('--ramp', choices=('linear', 'cubic'))
     p.add_argument('--round-to', type=int)
+    p.add_argument('--allocation', choices=('uniform', 'latency'),
+                   help='ratio per group: the same (default) or weighted by measured time per FLOP')
     p.add_argument('--resume', action='store_true', help='resume from the latest checkpoint')
     p.add_argument('--amp', action='store_true', help='automatic mixed precision')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
@@ -69,7 +71,8 @@ def hook_cfg(cfg, args) -> None:
     """Add or update the PruningHook in ``cfg.custom_hooks`` from the flags."""
     flags = dict(pruning_ratio=args.pruning_ratio, target_flops=args.target_flops,
                  importance=args.importance, begin=args.begin, end=args.end,
-                 interval=args.interval, ramp=args.ramp, round_to=args.round_to)
+                 interval=args.interval, ramp=args.ramp, round_to=args.round_to,
+                 allocation=args.allocation)
     flags = {k: v for k, v in flags.items() if v is not None}
     if args.by_iter:
         flags['by_epoch'] = False

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -39,7 +38,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from speed import MODELS  # noqa: E402  (benchmarks/speed.py)
+from speed import MODELS, write_results  # noqa: E402  (benchmarks/speed.py)
 from test import interleaved_ms  # noqa: E402  (tools/test.py)
 
 FIRST_STAGE = ('backbone.conv1', 'backbone.stem', 'backbone.layer1')
@@ -117,22 +116,13 @@ def main(argv=None) -> int:
     p.add_argument('--out', default=os.path.join(
         ROOT, 'benchmarks', 'results', f'allocation_{time.strftime("%Y-%m-%d")}.json'))
     args = p.parse_args(argv)
-    import torch
-
-    from mmprune.checkpoint import atomic_write
     records = []
     for name in args.models:
         config = MODELS.get(name, name)
         t0 = time.time()
         records.append(bench(name, config, args))
         print(f'{name}: {time.time() - t0:.0f} s', flush=True)
-    text = table(records)
-    print('\n' + text)
-    info = dict(torch=torch.__version__, threads=torch.get_num_threads(), cpu=os.cpu_count())
-    atomic_write(args.out, lambda f: json.dump(dict(info=info, args=vars(args), table=text,
-                                                    records=records), open(f, 'w'), indent=1),
-                 overwrite=True)
-    print(f'wrote {args.out}')
+    write_results(args, table(records), records)
     return 0
 
 

@@ -253,8 +253,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.round_tos = [r or None for r in args.round_tos]
     args.round_to = args.round_tos[0]  # the prune-time comparison uses the first
-    import torch
-
     from mmprune.checkpoint import atomic_write
     records = []
     for name in args.models:
@@ -267,7 +265,15 @@ def main(argv=None) -> int:
         atomic_write(args.out, lambda f: json.dump(dict(args=vars(args), records=records,
                                                         partial=True), open(f, 'w'), indent=1),
                      overwrite=True)  # a crash later keeps the models done
-    text = table(records)
+    write_results(args, table(records), records)
+    return 0
+
+
+def write_results(args, text: str, records: list) -> None:
+    """Print the table and write it, the records and the machine to ``args.out``."""
+    import torch
+
+    from mmprune.checkpoint import atomic_write
     print('\n' + text)
     info = dict(torch=torch.__version__, threads=torch.get_num_threads(),
                 cpu=os.cpu_count(), gpu=torch.cuda.get_device_name() if torch.cuda.is_available()
@@ -276,7 +282,6 @@ def main(argv=None) -> int:
                                                     records=records), open(f, 'w'), indent=1),
                  overwrite=True)
     print(f'wrote {args.out}')
-    return 0
 
 
 if __name__ == '__main__':

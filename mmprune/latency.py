@@ -26,22 +26,11 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .graph import tensor_forward
+from .graph import _first_tensor, tensor_forward
 
 #: weights are clipped to this range, so that no group is pruned at more than
 #: twice (or less than half) the ratio of the others
 WEIGHT_RANGE = (0.5, 2.0)
-
-
-def _first_tensor(x: Any) -> Optional[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, (tuple, list)):
-        for v in x:
-            t = _first_tensor(v)
-            if t is not None:
-                return t
-    return None
 
 
 def _storage(t: Optional[torch.Tensor]) -> Optional[int]:

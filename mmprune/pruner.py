@@ -738,8 +738,11 @@ class _Latency:
             if module is None or any(modules.get(n) in given for n in self.members.get(root, ())):
                 continue  # a pruning_ratio_dict entry covers this group (as torch-pruning
                 # matches them: a layer whose outputs the group prunes)
+            # at most half-way from the common ratio to 1: a group keeps at least half the
+            # channels the common ratio leaves (torch-pruning skips a group asked for all)
             pruner.pruning_ratio_dict[module] = pruner.iterative_pruning_ratio_scheduler(
-                min(ratio * weight, pruner.max_pruning_ratio), pruner.iterative_steps)
+                min(ratio * weight, (1 + ratio) / 2, pruner.max_pruning_ratio),
+                pruner.iterative_steps)
             pruner._layer_to_scope[module] = (f'_mmprune_latency_{root}', [module])
 
 

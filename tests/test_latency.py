@@ -91,6 +91,17 @@ def test_each_group_is_pruned_at_the_ratio_times_its_weight(retina, monkeypatch)
     assert now['backbone.layer1.0.conv1'] == dense['backbone.layer1.0.conv1'] * 3 // 4
 
 
+def test_a_heavy_group_keeps_half_of_what_the_common_ratio_leaves(retina, monkeypatch):
+    """ratio 0.6 x weight 2 would ask torch-pruning for every channel (it then prunes
+    none); the group goes to (1 + 0.6) / 2 = 0.8 instead."""
+    model, cfg = copy.deepcopy(retina[0]), retina[1]
+    dense = _widths(model)['backbone.layer1.0.conv1']
+    monkeypatch.setattr(pruner_mod, 'group_weights', lambda groups, t, f: {
+        root: 2.0 if root == 'backbone.layer1.0.conv1' else 1.0 for root, _ in groups})
+    mmprune.prune(model, 0.6, cfg=cfg, input_shape=SHAPE, allocation='latency', round_to=None)
+    assert _widths(model)['backbone.layer1.0.conv1'] == int(dense * (1 - 0.8))  # tp's count
+
+
 def test_pruning_ratio_dict_entries_keep_their_ratio(retina, monkeypatch):
     model, cfg = copy.deepcopy(retina[0]), retina[1]
     dense = _widths(model)

@@ -12,7 +12,7 @@ from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, locations=['mmprune.models'])
-HOOKS = Registry('hook', parent=MMENGINE_HOOKS, locations=['mmprune.hooks'])
+HOOKS = Registry('hook', parent=MMENGINE_HOOKS, locations=['mmprune.hooks', 'mmprune.distill'])
 OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS,
                           locations=['mmprune.sparse'])
 OPTIM_WRAPPER_CONSTRUCTORS = Registry('optimizer wrapper constructor',

@@ -333,17 +333,21 @@ def test_a_failing_step_stops_the_run_with_its_reason(coco, tmp_path):
 
 
 def test_prune_train_ends_with_dense_vs_pruned_table(coco, tmp_path):
-    """tools/prune_train.py from a dense checkpoint: finetunes, then evaluates the pruned
+    """tools/prune_train.py from a dense checkpoint: finetunes (distilling the dense
+    model, loaded from the checkpoint, into the pruned one), then evaluates the pruned
     best/last checkpoint and the dense one with tools/test.py's code, in one table."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     register_all_modules()
     dense = MODELS.build(Config.fromfile(DET_CFG).model)
     torch.save(dict(state_dict=dense.state_dict(), meta={}), tmp_path / 'dense.pth')
-    _run([sys.executable, os.path.join(ROOT, 'tools', 'prune_train.py'), DET_CFG,
-          '--checkpoint', str(tmp_path / 'dense.pth'), '--work-dir', str(tmp_path / 'wd'),
-          '--latency-runs', '2', *_coco_opts(coco), 'train_cfg.max_epochs=2',
-          'train_cfg.val_interval=2'], cwd=str(tmp_path))
+    log = _run([sys.executable, os.path.join(ROOT, 'tools', 'prune_train.py'), DET_CFG,
+                '--checkpoint', str(tmp_path / 'dense.pth'), '--work-dir', str(tmp_path / 'wd'),
+                '--distill', 'cwd', '--distill-weight', '2', '--latency-runs', '2',
+                *_coco_opts(coco), 'train_cfg.max_epochs=2', 'train_cfg.val_interval=2'],
+               cwd=str(tmp_path))
+    assert "distilling cwd (weight 2, tau 1) from the dense teacher on ['bbox_head." in log
+    assert re.search(r'loss_distill: \d', log)
     summary = json.load(open(tmp_path / 'wd' / 'prune_train_summary.json'))
     pruned, base = summary['compare']
     assert (pruned['tag'], base['tag']) == ('pruned', 'dense')
@@ -352,3 +356,13 @@ def test_prune_train_ends_with_dense_vs_pruned_table(coco, tmp_path):
     assert abs(pruned['flops'] / base['flops'] - summary['flops_ratio']) < 1e-6
     assert 'coco/bbox_mAP' in pruned['metrics'] and 'coco/bbox_mAP' in base['metrics']
     assert 'pruned' in summary['table'] and 'dense' in summary['table']
+    # --resume with --checkpoint resumes the run's own last checkpoint (mmengine alone would
+    # resume from load_from, the dense weights); the teacher still comes from --checkpoint
+    log = _run([sys.executable, os.path.join(ROOT, 'tools', 'prune_train.py'), DET_CFG,
+                '--checkpoint', str(tmp_path / 'dense.pth'), '--work-dir', str(tmp_path / 'wd'),
+                '--resume', '--distill', 'cwd', '--no-compare', *_coco_opts(coco),
+                'train_cfg.max_epochs=3', 'train_cfg.val_interval=3'], cwd=str(tmp_path))
+    assert re.search(r'resumed epoch: 2', log) and 'steps done: [0, 1]' in log, log[-3000:]
+    assert re.search(r'Epoch\(train\) +\[3\]\[\d+/\d+\].*loss_distill: \d', log)
+    resumed = json.load(open(tmp_path / 'wd' / 'prune_train_summary.json'))
+    assert resumed['structure_hash'] == summary['structure_hash']

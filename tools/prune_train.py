@@ -2,11 +2,14 @@
 
     python tools/prune_train.py CONFIG [--checkpoint DENSE.pth] [--target-flops 0.5 |
         --ratio 0.3] [--importance l2] [--begin 0 --end 6 --interval 1 --by-iter]
-        [--work-dir DIR] [--resume] [--amp] [--launcher pytorch] [--cfg-options ...]
+        [--distill cwd|mse] [--work-dir DIR] [--resume] [--amp] [--launcher pytorch]
+        [--cfg-options ...]
 
 The config's own ``custom_hooks`` may already hold an ``mmprune.PruningHook``;
 pruning flags add one (or override the one there). ``--checkpoint`` is the
-dense model's ``load_from``. Training, validation, checkpoints and logs are the
+dense model's ``load_from``; ``--distill`` adds an ``mmprune.DistillHook`` (the
+dense model teaches the pruned one while it finetunes, its teacher loaded from
+``--checkpoint``). Training, validation, checkpoints and logs are the
 host Runner's; the pruned structure travels in every checkpoint, and the run
 ends by writing ``<name>_pruned.py`` (load it with ``init_detector`` /
 ``init_model`` and any of the run's checkpoints) and ``prune_train_summary.json``.
@@ -36,6 +39,7 @@ from mmprune.apis import load_config  # noqa: E402
 from mmprune.checkpoint import atomic_write  # noqa: E402
 
 HOOK = 'mmprune.PruningHook'
+DISTILL_HOOK = 'mmprune.DistillHook'
 
 
 def parse_args(argv=None):
@@ -55,6 +59,9 @@ def parse_args(argv=None):
     p.add_argument('--round-to', type=int)
     p.add_argument('--allocation', choices=('uniform', 'latency'),
                    help='ratio per group: the same (default) or weighted by measured time per FLOP')
+    p.add_argument('--distill', choices=('cwd', 'mse'),
+                   help='distil the dense model\'s outputs into the pruned one (DistillHook)')
+    p.add_argument('--distill-weight', type=float, help='loss weight of --distill (default 3)')
     p.add_argument('--resume', action='store_true', help='resume from the latest checkpoint')
     p.add_argument('--amp', action='store_true', help='automatic mixed precision')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
@@ -89,6 +96,12 @@ def hook_cfg(cfg, args) -> None:
     if 'target_flops' in flags:
         mine[0].pop('pruning_ratio', None)
     mine[0].update(flags)
+    if args.distill:
+        hooks = [h for h in hooks if 'DistillHook' not in str(h.get('type', ''))]
+        distill = dict(type=DISTILL_HOOK, loss=args.distill, teacher_checkpoint=args.checkpoint)
+        if args.distill_weight is not None:
+            distill['loss_weight'] = args.distill_weight
+        hooks.append(distill)
     cfg.custom_hooks = hooks
 
 
@@ -143,7 +156,11 @@ def main(argv=None) -> dict:
     if args.checkpoint:
         cfg.load_from = args.checkpoint
     if args.resume:
-        cfg.resume = True
+        # mmengine resumes from load_from when it is set: that would be the dense checkpoint
+        from mmengine.runner.checkpoint import find_latest_checkpoint
+        latest = find_latest_checkpoint(cfg.work_dir)
+        if latest is not None:
+            cfg.resume, cfg.load_from = True, latest
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')

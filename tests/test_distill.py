@@ -9,8 +9,15 @@ from mmengine.hooks import Hook
 
 from mmprune.distill import DistillHook, channel_wise_divergence
 
-from conftest import ROOT
-from test_hooks import DET_CFG, SEG_CFG, _coco_opts, coco  # noqa: F401  (fixture)
+from conftest import make_coco
+from test_hooks import DET_CFG, SEG_CFG, _coco_opts
+
+
+@pytest.fixture(scope='module')
+def coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp('coco')
+    make_coco(str(root), n=6)
+    return str(root)
 
 
 def test_channel_wise_divergence_by_hand():
@@ -64,7 +71,7 @@ def _runner(cfg_file, tmp_path, options, distill, **prune):
     return runner, record
 
 
-def test_detector_learns_from_its_dense_self_while_pruned(coco, tmp_path):  # noqa: F811
+def test_detector_learns_from_its_dense_self_while_pruned(coco, tmp_path):
     opts = _coco_opts(coco)[1:]
     runner, record = _runner(DET_CFG, tmp_path, dict(o.split('=', 1) for o in opts),
                              dict(loss='cwd'), importance='l2', pruning_ratio=0.5, begin=1)
@@ -99,7 +106,7 @@ def test_segmentor_distils_its_decode_head(tmp_path):
     assert len(record.losses) == 4 and all(math.isfinite(v) and v > 0 for v in record.losses)
 
 
-def test_resumed_pruned_model_needs_a_teacher_checkpoint_and_names_bad_layers(coco, tmp_path):  # noqa: F811,E501
+def test_resumed_pruned_model_needs_a_teacher_checkpoint_and_names_bad_layers(coco, tmp_path):
     opts = _coco_opts(coco)[1:]
     runner, _ = _runner(DET_CFG, tmp_path, dict(o.split('=', 1) for o in opts),
                         dict(loss='cwd'), importance='l2', pruning_ratio=0.5, begin=0)

@@ -69,6 +69,16 @@ def _first_tensor(output: Any) -> Optional[torch.Tensor]:
     return None
 
 
+def _tensors(obj: Any) -> List[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in _tensors(v)]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    return []
+
+
 def _forward_args(args: tuple, kwargs: dict):
     """(inputs, data_samples, mode) of a host model's ``forward`` call."""
     names = ('inputs', 'data_samples', 'mode')
@@ -89,7 +99,8 @@ class DistillHook(Hook):
         layers: names of the layers whose outputs are compared (they must keep
             their output channels: pass them in ``ignored_layers`` of the
             PruningHook if they are not output layers). Defaults to the
-            model's output layers with dense (N, C, H, W) outputs.
+            model's output layers with per-image (N, C, H, W) outputs (a
+            two-stage detector has none: name its RPN layers).
         teacher_checkpoint: dense weights of the teacher, built from the run's
             config. Needed when the model is already pruned at the start
             (``--resume`` of a pruning run); otherwise the teacher is a copy
@@ -171,29 +182,52 @@ class DistillHook(Hook):
                 raise ValueError(f'DistillHook: no layer named {unknown} in '
                                  f'{type(model).__name__}')
             return list(self.layers)
-        from .graph import find_output_layers, make_batch, tracing_state
+        from .graph import _preserves_channels, _pruner_of, make_batch, tracing_state
         batch = make_batch(model, runner.cfg, self.input_shape)
-        shapes: Dict[str, List[int]] = {}
+        mixing = {n: m for n, m in named.items()
+                  if _pruner_of(m) is not None and not _preserves_channels(m)}
+        made_by: Dict[Any, str] = {}  # autograd node of a layer's output -> layer
+        dims: Dict[str, List[int]] = {}
+
+        images = len(batch['inputs'])
 
         def record(name):
             def hook(module, args, output):
-                t = _first_tensor(output)
-                shapes.setdefault(name, []).append(t.dim() if t is not None else 0)
+                t = _first_tensor(output)  # per-image maps; not per-RoI rows
+                dense = t is not None and t.dim() == 4 and t.shape[0] == images
+                dims.setdefault(name, []).append(4 if dense else 0)
+                if t is not None and t.grad_fn is not None:
+                    made_by[t.grad_fn] = name
             return hook
 
         with tracing_state(model):
-            names, _ = find_output_layers(model, batch)
-            handles = [named[n].register_forward_hook(record(n)) for n in names]
+            handles = [m.register_forward_hook(record(n)) for n, m in mixing.items()]
             try:
-                with torch.no_grad():
-                    self._tensor_forward(model, batch['inputs'], batch['data_samples'])
+                outputs = self._tensor_forward(model, batch['inputs'], batch['data_samples'])
             finally:
                 for h in handles:
                     h.remove()
-        layers = [n for n in names if shapes.get(n) and all(d == 4 for d in shapes[n])]
+        # the output layers: the last channel-mixing layers before each output tensor
+        # (through reshapes, activations, norms, resizes), as in find_output_layers
+        found: Dict[str, None] = {}
+        stack = [t.grad_fn for t in _tensors(outputs) if t.grad_fn is not None]
+        visited = set()
+        while stack:
+            fn = stack.pop()
+            if fn in visited:
+                continue
+            visited.add(fn)
+            if fn in made_by:
+                found[made_by[fn]] = None
+                continue
+            stack.extend(nxt for nxt, _ in getattr(fn, 'next_functions', ()) if nxt is not None)
+        layers = [n for n in found if all(d == 4 for d in dims[n])]
         if not layers:
-            raise ValueError(f'DistillHook: {type(model).__name__} has no output layer with '
-                             f'dense (N, C, H, W) outputs among {names}; name layers=')
+            raise ValueError(
+                f'DistillHook: {type(model).__name__} has no output layer with per-image '
+                f'(N, C, H, W) outputs among {list(found)} (RoI-head outputs follow each '
+                f'model\'s own proposals); name the layers to compare with layers=, e.g. '
+                f'an RPN\'s [\'rpn_head.rpn_cls\', \'rpn_head.rpn_reg\']')
         return layers
 
     @staticmethod

@@ -9,7 +9,7 @@ from mmengine.hooks import Hook
 
 from mmprune.distill import DistillHook, channel_wise_divergence
 
-from conftest import make_coco
+from conftest import ROOT, make_coco
 from test_hooks import DET_CFG, SEG_CFG, _coco_opts
 
 
@@ -118,3 +118,30 @@ def test_resumed_pruned_model_needs_a_teacher_checkpoint_and_names_bad_layers(co
         DistillHook(teacher_checkpoint=pruned_ckpt).before_train(runner)
     with pytest.raises(ValueError, match=r"no layer named \['bbox_head.no_such'\]"):
         DistillHook(layers=['bbox_head.no_such']).before_train(runner)
+
+
+def test_two_stage_detector_distils_the_rpn_layers_it_is_given():
+    """RoI-head outputs follow each model's proposals: not a default; the RPN's maps are."""
+    import copy
+    from types import SimpleNamespace
+
+    import mmprune
+    from mmprune.graph import make_batch
+    model, cfg = mmprune.build_model(os.path.join(ROOT, 'configs', 'tiny',
+                                                  'faster_rcnn_r18_tiny.py'))
+    runner = SimpleNamespace(cfg=cfg)
+    with pytest.raises(ValueError, match="name the layers to compare with layers=, e.g. an "
+                                         "RPN's \\['rpn_head.rpn_cls', 'rpn_head.rpn_reg'\\]"):
+        DistillHook()._choose_layers(runner, model)
+    hook = DistillHook(layers=['rpn_head.rpn_cls', 'rpn_head.rpn_reg'])
+    hook.distilled = hook._choose_layers(runner, model)
+    hook.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    mmprune.prune(model, 0.5, cfg=cfg, importance='l2')
+    hook._attach(model, hook.teacher)
+    batch = make_batch(model, cfg, (96, 128), batch_size=2, training=True)
+    model.train()
+    hook._in_step = True
+    losses = model(batch['inputs'], batch['data_samples'], mode='loss')
+    assert losses['loss_distill'].item() > 0 and losses['loss_distill'].requires_grad
+    hook._in_step = False  # outside the runner's train step nothing is added
+    assert 'loss_distill' not in model(batch['inputs'], batch['data_samples'], mode='loss')

@@ -4,13 +4,12 @@ import os
 
 import pytest
 import torch
-from mmengine.config import Config
 from mmengine.hooks import Hook
 
 from mmprune.distill import DistillHook, channel_wise_divergence
 
 from conftest import ROOT, make_coco
-from test_hooks import DET_CFG, SEG_CFG, _coco_opts
+from test_hooks import DET_CFG, SEG_CFG, _coco_opts, iter_runner
 
 
 @pytest.fixture(scope='module')
@@ -54,18 +53,10 @@ class _Record(Hook):
 
 
 def _runner(cfg_file, tmp_path, options, distill, **prune):
-    from mmengine.runner import Runner
-    cfg = Config.fromfile(cfg_file)
-    cfg.merge_from_dict(options)
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=4, val_interval=100)
-    cfg.param_scheduler = []
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=4, by_epoch=False)
-    cfg.custom_hooks = [dict(type='mmprune.PruningHook', by_epoch=False, **prune),
-                        dict(type='mmprune.DistillHook', **distill)]
-    cfg.train_dataloader.sampler = dict(type='InfiniteSampler', shuffle=True)
-    cfg.work_dir = str(tmp_path)
-    cfg.experiment_name = f'distill_{tmp_path.name}'
-    runner = Runner.from_cfg(cfg)
+    runner = iter_runner(cfg_file, tmp_path, options,
+                         [dict(type='mmprune.PruningHook', by_epoch=False, **prune),
+                          dict(type='mmprune.DistillHook', **distill)], max_iters=4,
+                         checkpoint_interval=4)
     record = _Record()
     runner.register_hook(record, priority='LOWEST')
     return runner, record

@@ -160,20 +160,27 @@ class _CheckOptimizer(Hook):
         self.checked += 1
 
 
-def _runner(coco, tmp_path, **hook):
+def iter_runner(cfg_file, tmp_path, options: dict, hooks: list, max_iters: int,
+                checkpoint_interval: int = 100):
+    """An in-process Runner of ``cfg_file``: iteration-based, no LR schedule."""
     from mmengine.runner import Runner
-    cfg = Config.fromfile(DET_CFG)
-    cfg.merge_from_dict(dict(zip([o.split('=')[0] for o in _coco_opts(coco)[1:]],
-                                 [o.split('=', 1)[1] for o in _coco_opts(coco)[1:]])))
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=6, val_interval=100)
+    cfg = Config.fromfile(cfg_file)
+    cfg.merge_from_dict(options)
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=100)
     cfg.param_scheduler = []
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=100, by_epoch=False)
-    cfg.custom_hooks = [dict(type='mmprune.PruningHook', by_epoch=False, **hook),
-                        dict(type='EMAHook', momentum=0.5)]
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=checkpoint_interval,
+                                        by_epoch=False)
+    cfg.custom_hooks = hooks
     cfg.train_dataloader.sampler = dict(type='InfiniteSampler', shuffle=True)
     cfg.work_dir = str(tmp_path)
-    cfg.experiment_name = f'hook_{tmp_path.name}'
-    runner = Runner.from_cfg(cfg)
+    cfg.experiment_name = f'run_{tmp_path.name}'
+    return Runner.from_cfg(cfg)
+
+
+def _runner(coco, tmp_path, **hook):
+    runner = iter_runner(DET_CFG, tmp_path, dict(o.split('=', 1) for o in _coco_opts(coco)[1:]),
+                         [dict(type='mmprune.PruningHook', by_epoch=False, **hook),
+                          dict(type='EMAHook', momentum=0.5)], max_iters=6)
     check = _CheckOptimizer()
     runner.register_hook(check, priority='LOWEST')
     return runner, check

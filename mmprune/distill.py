@@ -14,8 +14,8 @@ runs the teacher's tensor forward on the same preprocessed batch and adds
 the layers named in ``layers``, by default the model's output layers (the
 ones whose output channels are the model's outputs, which pruning keeps), so
 the two models' maps have the same shape whatever was pruned. Layers whose
-outputs are not dense maps (an RoI head's, whose rows depend on each model's
-own proposals) are left out of the default. Nothing is added to the model: its
+outputs are not per-image (N, C, H, W) maps (an RoI head's, whose rows depend
+on each model's own proposals) are left out of the default. Nothing is added to the model: its
 class, state_dict and checkpoints stay the host's.
 
 Losses (per layer output, averaged over layers and calls):
@@ -187,15 +187,14 @@ class DistillHook(Hook):
         mixing = {n: m for n, m in named.items()
                   if _pruner_of(m) is not None and not _preserves_channels(m)}
         made_by: Dict[Any, str] = {}  # autograd node of a layer's output -> layer
-        dims: Dict[str, List[int]] = {}
-
+        per_image: Dict[str, List[bool]] = {}  # layer -> whether each call gave N maps
         images = len(batch['inputs'])
 
         def record(name):
             def hook(module, args, output):
                 t = _first_tensor(output)  # per-image maps; not per-RoI rows
-                dense = t is not None and t.dim() == 4 and t.shape[0] == images
-                dims.setdefault(name, []).append(4 if dense else 0)
+                per_image.setdefault(name, []).append(
+                    t is not None and t.dim() == 4 and t.shape[0] == images)
                 if t is not None and t.grad_fn is not None:
                     made_by[t.grad_fn] = name
             return hook
@@ -221,7 +220,7 @@ class DistillHook(Hook):
                 found[made_by[fn]] = None
                 continue
             stack.extend(nxt for nxt, _ in getattr(fn, 'next_functions', ()) if nxt is not None)
-        layers = [n for n in found if all(d == 4 for d in dims[n])]
+        layers = [n for n in found if all(per_image[n])]
         if not layers:
             raise ValueError(
                 f'DistillHook: {type(model).__name__} has no output layer with per-image '

@@ -34,8 +34,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
+from .graph import _first_tensor
+from .hooks import _unwrap
 from .registry import HOOKS
 
 
@@ -55,18 +56,6 @@ def mean_squared(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0)
 
 LOSSES: Dict[str, Callable[..., torch.Tensor]] = {'cwd': channel_wise_divergence,
                                                    'mse': mean_squared}
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if is_model_wrapper(model) else model
-
-
-def _first_tensor(output: Any) -> Optional[torch.Tensor]:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    return None
 
 
 def _tensors(obj: Any) -> List[torch.Tensor]:

@@ -8,9 +8,9 @@ from mmengine.config import Config
 from conftest import ROOT
 
 
-def _prune_tool():
-    spec = importlib.util.spec_from_file_location('prune_tool',
-                                                  os.path.join(ROOT, 'tools', 'prune.py'))
+def _prune_tool(name='prune'):
+    spec = importlib.util.spec_from_file_location(f'{name}_tool',
+                                                  os.path.join(ROOT, 'tools', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -31,3 +31,15 @@ def test_bad_layer_ratio_flag_is_refused():
     args = tool.parse_args(['cfg.py', '--layer-ratio', 'backbone'])
     with pytest.raises(SystemExit, match='PATTERN=RATIO'):
         tool.pruning_options(Config(), args)
+
+
+def test_prune_train_distill_flags(capsys):
+    tool = _prune_tool('prune_train')
+    cfg = Config(dict(custom_hooks=[dict(type='mmprune.PruningHook', target_flops=0.5)]))
+    tool.hook_cfg(cfg, tool.parse_args(['cfg.py', '--checkpoint', 'd.pth', '--distill', 'mse',
+                                        '--distill-weight', '2']))
+    assert cfg.custom_hooks[-1] == dict(type='mmprune.DistillHook', loss='mse',
+                                        teacher_checkpoint='d.pth', loss_weight=2.0)
+    with pytest.raises(SystemExit):
+        tool.parse_args(['cfg.py', '--distill-weight', '2'])
+    assert '--distill-weight needs --distill' in capsys.readouterr().err

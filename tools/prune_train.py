@@ -37,6 +37,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # tools/test.py
 import mmprune  # noqa: E402,F401  (registers mmprune types, safe checkpoint loading)
 from mmprune.apis import load_config  # noqa: E402
 from mmprune.checkpoint import atomic_write  # noqa: E402
+from mmprune.distill import LOSSES  # noqa: E402
 
 HOOK = 'mmprune.PruningHook'
 DISTILL_HOOK = 'mmprune.DistillHook'
@@ -59,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument('--round-to', type=int)
     p.add_argument('--allocation', choices=('uniform', 'latency'),
                    help='ratio per group: the same (default) or weighted by measured time per FLOP')
-    p.add_argument('--distill', choices=('cwd', 'mse'),
+    p.add_argument('--distill', choices=sorted(LOSSES),
                    help='distil the dense model\'s outputs into the pruned one (DistillHook)')
     p.add_argument('--distill-weight', type=float, help='loss weight of --distill (default 3)')
     p.add_argument('--resume', action='store_true', help='resume from the latest checkpoint')
@@ -71,7 +72,10 @@ def parse_args(argv=None):
     p.add_argument('--latency-runs', type=int, default=10, help='timed runs for the table')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config settings, as in the host tools')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.distill_weight is not None and not args.distill:
+        p.error('--distill-weight needs --distill')
+    return args
 
 
 def hook_cfg(cfg, args) -> None:

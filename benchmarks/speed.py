@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py [--models retinanet_r50 ...] [--targets 0.7 0.5 0.3]
                                [--shape 512 512] [--runs 10] [--no-onnx] [--round-to N [M ...]]
+                               [--fast-counts on off]
                                [--out benchmarks/results/speed_DATE.json]
 
 For each model (random init; speed does not depend on the weights) the
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import itertools
 import json
 import os
 import sys
@@ -124,17 +126,23 @@ def bench_model(name: str, config: str, args) -> dict:
             rec['raw_tp_broken'] = f'{type(e).__name__}: {str(e)[:200]}'
     variants = {'dense': dense}
     rec['pruned'] = {}
-    for t in args.targets:
-        for rt in args.round_tos:
-            m = copy.deepcopy(dense)
-            t0 = time.perf_counter()
+    import mmprune.pruner as pruner_mod
+    default_fast = pruner_mod.FAST_COUNTS
+    for t, rt, fast in itertools.product(args.targets, args.round_tos, args.fast_counts):
+        m = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        pruner_mod.FAST_COUNTS = fast == 'on'
+        try:
             res = mmprune.prune(m, cfg=cfg, input_shape=shape, target_flops=t, round_to=rt)
-            m.eval()
-            key = f'{t:g}' if rt == args.round_to else f'{t:g} rt{rt or 1}'
-            variants[key] = m
-            rec['pruned'][key] = dict(flops=res.flops[1], params=res.params[1],
-                                      flops_ratio=res.flops[1] / res.flops[0], round_to=rt,
-                                      prune_s=round(time.perf_counter() - t0, 2))
+        finally:
+            pruner_mod.FAST_COUNTS = default_fast
+        m.eval()
+        key = f'{t:g}' + ('' if rt == args.round_to else f' rt{rt or 1}') + (
+            '' if fast == args.fast_counts[0] else f' fast-{fast}')
+        variants[key] = m
+        rec['pruned'][key] = dict(flops=res.flops[1], params=res.params[1],
+                                  flops_ratio=res.flops[1] / res.flops[0], round_to=rt,
+                                  fast_counts=fast, prune_s=round(time.perf_counter() - t0, 2))
     with torch.no_grad():
         eager = interleaved_ms({k: (lambda v=v: tensor_forward(v, batch))
                                 for k, v in variants.items()}, args.runs)
@@ -247,6 +255,12 @@ def main(argv=None) -> int:
                    help='channel multiple(s) of the pruned models (default: the library\'s, '
                         f'{DEFAULT_ROUND_TO}); several give one variant each, timed in the same '
                         'interleaved runs (0 = exact counts)')
+    from mmprune.pruner import FAST_COUNTS
+    p.add_argument('--fast-counts', nargs='+', choices=['on', 'off'],
+                   default=['on' if FAST_COUNTS else 'off'],
+                   help='mmprune.pruner.FAST_COUNTS: rounded channel counts chosen for speed (on, '
+                        'the default) or the nearest multiple (off); several give one variant '
+                        'each, like --round-to')
     p.add_argument('--no-onnx', dest='onnx', action='store_false')
     p.add_argument('--out', default=os.path.join(
         ROOT, 'benchmarks', 'results', f'speed_{time.strftime("%Y-%m-%d")}.json'))

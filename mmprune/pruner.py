@@ -44,6 +44,14 @@ TRACE_SIDE: Optional[int] = 256
 #: RetinaNet / Faster / Mask R-CNN-R50). Layers narrower than ``2 * round_to`` keep the
 #: exact count. ``round_to=None`` (or 1) gives exact counts.
 DEFAULT_ROUND_TO: Optional[int] = 8
+#: rounded counts are chosen, among the nearest multiple of ``round_to`` and those
+#: within 1/8 of the count asked for, first to avoid a prime number (>= 7)
+#: of 16-channel blocks, then to be a multiple of 2 x or 4 x ``round_to``, then nearest.
+#: oneDNN's convolutions on AVX-512 CPUs split output channels into blocks of 16 and
+#: block those again by a divisor of their number; 3x3 convolutions at 32x32 to 128x128
+#: ran 25-30 % slower per FLOP at prime block counts and fastest at multiples of 32
+#: (``benchmarks/channels.py``, README "Speed"). False: the nearest multiple.
+FAST_COUNTS = True
 #: values of ``allocation``: the same ratio for every group, or ratios weighted by
 #: each group's measured time per FLOP (:mod:`mmprune.latency`)
 ALLOCATIONS = ('uniform', 'latency')
@@ -284,9 +292,10 @@ def prune(model: Union[nn.Module, str, Any],
         pruning_ratio_dict: per-layer ratios, ``{name or glob pattern: ratio}``.
         max_pruning_ratio: cap on any layer's ratio under global pruning.
         round_to: keep channel counts multiples of this (the nearest one,
-            at least ``round_to``; layers narrower than ``2 * round_to`` keep
-            the exact count). Defaults to :data:`DEFAULT_ROUND_TO` (8);
-            ``None`` or 1 keeps exact counts.
+            at least ``round_to``, preferring counts that convolutions run fast
+            at, see :data:`FAST_COUNTS`; layers narrower than
+            ``2 * round_to`` keep the exact count). Defaults to
+            :data:`DEFAULT_ROUND_TO` (8); ``None`` or 1 keeps exact counts.
         iterative_steps: prune in this many steps, re-scoring in between.
         target_flops: prune until FLOPs are this fraction of the dense FLOPs
             (within 2 %); overrides ``pruning_ratio``.
@@ -753,18 +762,37 @@ def _round_channels(n_pruned: int, current: int, round_to: int, groups: int = 1,
 
     torch-pruning rounds the kept count down and ignores channel groups, which can
     remove every channel of a narrow layer or of a GroupNorm group; here the kept
-    count goes to the nearest multiple (down under global ranking, where small
-    per-layer counts would otherwise round to nothing), never below one multiple,
-    and layers narrower than two multiples keep the exact count. With ``groups``
+    count goes to a multiple near the count asked for (below it under global
+    ranking, where small per-layer counts would otherwise round to nothing), never
+    below one multiple, and layers narrower than two multiples keep the exact count.
+    Which multiple: :data:`FAST_COUNTS` (the nearest one when it is off). With ``groups``
     channel groups (GroupNorm, grouped convolutions) ``n_pruned`` is per group.
     """
-    size = current // max(groups, 1)
-    unit = round_to // math.gcd(round_to, max(groups, 1))  # per-group multiple
+    groups = max(groups, 1)
+    size = current // groups
+    unit = round_to // math.gcd(round_to, groups)  # per-group multiple
     if size < 2 * unit:
         return n_pruned
-    kept = size - n_pruned
-    kept = (kept // unit if down else int(kept / unit + 0.5)) * unit
+    want = size - n_pruned
+    kept = (want // unit if down else int(want / unit + 0.5)) * unit
+    if FAST_COUNTS and kept < size:  # the multiples within 1/8 of the count, and the nearest
+        first = max(math.ceil(want * 7 / 8 / unit), 1) * unit
+        last = min(want if down else want * 9 // 8, size)
+        near = [kept] + list(range(first, last + 1, unit))
+        kept = max(near, key=lambda k: (not _slow_count(k * groups),
+                                        min(_twos(k // unit), 2), -abs(k - want), -k))
     return min(max(size - max(kept, unit), 0), size - 1)
+
+
+def _twos(n: int) -> int:
+    """How many times 2 divides ``n`` (> 0)."""
+    return (n & -n).bit_length() - 1
+
+
+def _slow_count(channels: int) -> bool:
+    """Whether ``channels`` make a prime number (>= 7) of 16-channel blocks."""
+    blocks = -(-channels // 16)
+    return blocks >= 7 and all(blocks % d for d in range(2, math.isqrt(blocks) + 1))
 
 
 def _round_by_groups(pruner, down: bool) -> None:

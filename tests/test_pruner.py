@@ -137,8 +137,10 @@ def test_iterative_and_global(retina):
             assert attrs['out_channels'] % 4 == 0, (name, attrs)
 
 
-def test_round_channels_nearest_multiple_per_group():
+def test_round_channels_nearest_multiple_per_group(monkeypatch):
+    import mmprune.pruner as pruner
     from mmprune.pruner import _round_channels
+    monkeypatch.setattr(pruner, 'FAST_COUNTS', False)  # the nearest multiple (next test: fast)
     assert _round_channels(30, 64, 8) == 32  # kept 34 -> 32
     assert _round_channels(27, 64, 8) == 24  # kept 37 -> 40 (nearest, not down)
     assert _round_channels(27, 64, 8, down=True) == 32  # global ranking: down
@@ -150,6 +152,28 @@ def test_round_channels_nearest_multiple_per_group():
     assert n == 2 and (16 - n) * 4 % 8 == 0
     # 16 groups of 4: any per-group count keeps a multiple of 8 in all
     assert _round_channels(1, 64, 8, groups=16) == 1
+
+
+def test_round_channels_prefers_fast_counts(monkeypatch):
+    import mmprune.pruner as pruner
+    from mmprune.pruner import _round_channels, _slow_count
+    assert [c for c in range(8, 513, 8) if _slow_count(c)] == [  # 7, 11, 13, ... 31 blocks
+        104, 112, 168, 176, 200, 208, 264, 272, 296, 304, 360, 368, 456, 464, 488, 496]
+
+    def kept(size, want, **kwargs):
+        return size - _round_channels(size - want, size, 8, **kwargs)
+
+    assert kept(512, 360) == 352  # 23 blocks of 16 -> 22: the nearest multiple of 32
+    assert kept(256, 133) == 128  # not 136
+    assert kept(256, 184) == 192
+    assert kept(128, 112) == 120  # 104 and 112 make 7 blocks
+    assert kept(2048, 1448) == 1440
+    assert kept(64, 48) == 48 and kept(32, 24) == 24  # 1/8 of a narrow count: no other choice
+    assert kept(256, 184, down=True) == 184  # global ranking: never above the count asked for
+    # GroupNorm, 16 groups of 8: per-group counts; 7 per group is the only one within 1/8
+    assert _round_channels(1, 128, 8, groups=16) == 1
+    monkeypatch.setattr(pruner, 'FAST_COUNTS', False)
+    assert kept(512, 360) == 360 and kept(256, 133) == 136 and kept(256, 184) == 184
 
 
 def test_unmet_flops_target_reports_the_flops_left(monkeypatch):

@@ -24,6 +24,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 
 
 def gmacs(channels: int, size: int, kernel: int, runs: int) -> float:
@@ -76,8 +77,9 @@ def main(argv=None) -> int:
         f'| size | GMAC/s, prime count of 16-blocks (n) | GMAC/s, other counts (n) | ratio |',
         '|---|---|---|---|'] + lines)
     print(text)
-    info = dict(torch=torch.__version__, threads=torch.get_num_threads(),
-                cpu=torch.backends.cpu.get_cpu_capability())
+    from speed import cpu_model
+    info = dict(torch=torch.__version__, threads=torch.get_num_threads(), cpu_model=cpu_model(),
+                cpu_capability=torch.backends.cpu.get_cpu_capability())
     atomic_write(args.out, lambda f: json.dump(dict(args=vars(args), machine=info,
                                                     records=records, table=text),
                                                open(f, 'w'), indent=1), overwrite=True)

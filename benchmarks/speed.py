@@ -283,6 +283,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), for telling runs on different machines apart."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next((line.split(':', 1)[1].strip() for line in f
+                         if line.startswith('model name')), '')
+    except OSError:
+        return ''
+
+
 def write_results(args, text: str, records: list) -> None:
     """Print the table and write it, the records and the machine to ``args.out``."""
     import torch
@@ -290,8 +300,9 @@ def write_results(args, text: str, records: list) -> None:
     from mmprune.checkpoint import atomic_write
     print('\n' + text)
     info = dict(torch=torch.__version__, threads=torch.get_num_threads(),
-                cpu=os.cpu_count(), gpu=torch.cuda.get_device_name() if torch.cuda.is_available()
-                else None)
+                cpu=os.cpu_count(), cpu_model=cpu_model(),
+                cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
     atomic_write(args.out, lambda f: json.dump(dict(info=info, args=vars(args), table=text,
                                                     records=records), open(f, 'w'), indent=1),
                  overwrite=True)

@@ -48,9 +48,11 @@ DEFAULT_ROUND_TO: Optional[int] = 8
 #: within 1/8 of the count asked for, first to avoid a prime number (>= 7)
 #: of 16-channel blocks, then to be a multiple of 2 x or 4 x ``round_to``, then nearest.
 #: oneDNN's convolutions on AVX-512 CPUs split output channels into blocks of 16 and
-#: block those again by a divisor of their number; 3x3 convolutions at 32x32 to 128x128
-#: ran 25-30 % slower per FLOP at prime block counts and fastest at multiples of 32
-#: (``benchmarks/channels.py``, README "Speed"). False: the nearest multiple.
+#: block those again by a divisor of their number; 3x3 convolutions at 64x64 and 32x32
+#: ran about 25 % slower per FLOP at prime block counts (7 % at 128x128) and fastest at
+#: multiples of 32 (``benchmarks/channels.py``, README "Speed" -> "Channel counts"), and
+#: the five CNNs of ``benchmarks/speed.py`` ran 0.08-0.17 more efficient at 50 % FLOPs
+#: (SegFormer-B0 0.03). False: the nearest multiple.
 FAST_COUNTS = True
 #: values of ``allocation``: the same ratio for every group, or ratios weighted by
 #: each group's measured time per FLOP (:mod:`mmprune.latency`)

@@ -54,6 +54,11 @@ DEFAULT_ROUND_TO: Optional[int] = 8
 #: the five CNNs of ``benchmarks/speed.py`` ran 0.08-0.17 more efficient at 50 % FLOPs
 #: (SegFormer-B0 0.03). False: the nearest multiple.
 FAST_COUNTS = True
+#: ... for counts from this many channels: narrower layers take the nearest multiple. In
+#: a first version without it, MobileNetV2's 64-channel FPN neck kept 48 instead of 40
+#: channels at 1/4 scale, and the FLOPs search took the difference from the stem and
+#: first stages (16 -> 6 channels): CamVid Semantic FPN lost 4 mIoU (configs/README.md).
+FAST_COUNTS_FROM = 128
 #: values of ``allocation``: the same ratio for every group, or ratios weighted by
 #: each group's measured time per FLOP (:mod:`mmprune.latency`)
 ALLOCATIONS = ('uniform', 'latency')
@@ -777,7 +782,8 @@ def _round_channels(n_pruned: int, current: int, round_to: int, groups: int = 1,
         return n_pruned
     want = size - n_pruned
     kept = (want // unit if down else int(want / unit + 0.5)) * unit
-    if FAST_COUNTS and kept < size:  # the multiples within 1/8 of the count, and the nearest
+    if FAST_COUNTS and FAST_COUNTS_FROM <= want * groups and kept < size:
+        # the multiples within 1/8 of the count, and the nearest
         first = max(math.ceil(want * 7 / 8 / unit), 1) * unit
         last = min(want if down else want * 9 // 8, size)
         near = [kept] + list(range(first, last + 1, unit))

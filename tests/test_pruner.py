@@ -166,12 +166,14 @@ def test_round_channels_prefers_fast_counts(monkeypatch):
     assert kept(512, 360) == 352  # 23 blocks of 16 -> 22: the nearest multiple of 32
     assert kept(256, 133) == 128  # not 136
     assert kept(256, 184) == 192
-    assert kept(128, 112) == 120  # 104 and 112 make 7 blocks
+    assert kept(256, 170) == 160  # 168 and 176 make 11 blocks; 160 is a multiple of 32
+    assert kept(64, 43) == 40  # narrower than FAST_COUNTS_FROM: the nearest multiple (not 48)
     assert kept(2048, 1448) == 1440
     assert kept(64, 48) == 48 and kept(32, 24) == 24  # 1/8 of a narrow count: no other choice
     assert kept(256, 184, down=True) == 184  # global ranking: never above the count asked for
-    # GroupNorm, 16 groups of 8: per-group counts; 7 per group is the only one within 1/8
-    assert _round_channels(1, 128, 8, groups=16) == 1
+    # GroupNorm, 16 groups of 16, 11 asked for per group: the total decides (11 x 16 makes
+    # 11 blocks; 12 x 16 = 192 is a multiple of 4 per group)
+    assert _round_channels(5, 256, 8, groups=16) == 4
     monkeypatch.setattr(pruner, 'FAST_COUNTS', False)
     assert kept(512, 360) == 360 and kept(256, 133) == 136 and kept(256, 184) == 184
 

@@ -51,8 +51,8 @@ DEFAULT_ROUND_TO: Optional[int] = 8
 #: block those again by a divisor of their number; 3x3 convolutions at 64x64 and 32x32
 #: ran about 25 % slower per FLOP at prime block counts (7 % at 128x128) and fastest at
 #: multiples of 32 (``benchmarks/channels.py``, README "Speed" -> "Channel counts"), and
-#: the five CNNs of ``benchmarks/speed.py`` ran 0.08-0.17 more efficient at 50 % FLOPs
-#: (SegFormer-B0 0.03). False: the nearest multiple.
+#: the five CNNs of ``benchmarks/speed.py`` ran 0.08-0.16 more efficient at 50 % FLOPs
+#: (SegFormer-B0 0.02) with 2 threads on such a CPU. False: the nearest multiple.
 FAST_COUNTS = True
 #: ... for counts from this many channels: narrower layers take the nearest multiple. In
 #: a first version without it, MobileNetV2's 64-channel FPN neck kept 48 instead of 40

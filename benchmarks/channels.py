@@ -74,7 +74,7 @@ def main(argv=None) -> int:
                      f'{statistics.mean(slow) / statistics.mean(other):.2f} |'
                      if slow and other else f'| {size}x{size} | - | - | - |')
     text = '\n'.join([
-        f'| size | GMAC/s, prime count of 16-blocks (n) | GMAC/s, other counts (n) | ratio |',
+        '| size | GMAC/s, prime count of 16-blocks (n) | GMAC/s, other counts (n) | ratio |',
         '|---|---|---|---|'] + lines)
     print(text)
     from speed import cpu_model

@@ -7,11 +7,10 @@ Times one ``nn.Conv2d(C, C, k)`` (eval, no grad, batch 1) per channel count C an
 feature size, the median of ``--runs`` calls after three warm-ups, and prints
 GMAC/s per count, marking (``P``) the counts whose number of 16-channel blocks is a
 prime >= 7, which ``mmprune.pruner.FAST_COUNTS`` makes rounded counts avoid,
-then the mean throughput of those counts against the others per size.
-It is the measurement behind that rule and its preference for multiples of
-32: oneDNN's direct convolutions on
-AVX-512 CPUs split output channels into blocks of 16 and block those again by a
-divisor of their number; a prime number of blocks has none.
+then the mean throughput of those counts against the others per size. It is the
+measurement behind that rule and its preference for multiples of 32: oneDNN's
+direct convolutions on AVX-512 CPUs split output channels into blocks of 16 and
+block those again by a divisor of their number; a prime number of blocks has none.
 """
 from __future__ import annotations
 

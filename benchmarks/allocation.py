@@ -3,7 +3,7 @@
     python benchmarks/allocation.py [--models faster_rcnn_r50 ...] [--target 0.5]
                                     [--reps 4] [--runs 6] [--shape 512 512]
                                     [--first-stage-ratio 0.7] [--first-stage NAME ...]
-                                    [--out FILE.json]
+                                    [--malloc steady|default] [--out FILE.json]
 
 Each model (random init; speed does not depend on the weights) is pruned to
 ``--target`` of its dense FLOPs with ``mmprune.prune(target_flops=t)`` four
@@ -21,7 +21,8 @@ ways, all with the library defaults otherwise (``group_l2``, ``round_to=8``):
 
 The dense model and the pruned ones are timed interleaved in eager
 PyTorch on CPU (``tools/test.py``'s ``interleaved_ms``: run k of each before
-run k+1 of any, two warm-ups, medians), ``--reps`` rounds of ``--runs`` runs.
+run k+1 of any, two warm-ups, medians), ``--reps`` rounds of ``--runs`` runs,
+with glibc malloc made to reuse its pages (``--malloc``, see ``speed.steady_malloc``).
 Efficiency = speed-up x FLOPs fraction, per round and its mean over rounds.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from speed import MODELS, write_results  # noqa: E402  (benchmarks/speed.py)
+from speed import MODELS, add_malloc_option, apply_malloc, write_results  # noqa: E402  (benchmarks/speed.py)
 from test import interleaved_ms  # noqa: E402  (tools/test.py)
 
 FIRST_STAGE = ('backbone.conv1', 'backbone.stem', 'backbone.layer1')
@@ -113,9 +114,11 @@ def main(argv=None) -> int:
     p.add_argument('--first-stage-ratio', type=float, default=0.7)
     p.add_argument('--first-stage', nargs='+', default=list(FIRST_STAGE),
                    help='module names of the "first stage" variant (those present are used)')
+    add_malloc_option(p)
     p.add_argument('--out', default=os.path.join(
         ROOT, 'benchmarks', 'results', f'allocation_{time.strftime("%Y-%m-%d")}.json'))
     args = p.parse_args(argv)
+    apply_malloc(args)
     records = []
     for name in args.models:
         config = MODELS.get(name, name)

@@ -2,17 +2,21 @@
 
     python benchmarks/speed.py [--models retinanet_r50 ...] [--targets 0.7 0.5 0.3]
                                [--shape 512 512] [--runs 10] [--no-onnx] [--round-to N [M ...]]
-                               [--fast-counts on off]
+                               [--fast-counts on off] [--allocation uniform latency]
+                               [--malloc steady|default]
                                [--out benchmarks/results/speed_DATE.json]
 
 For each model (random init; speed does not depend on the weights) the
 dense model is pruned with ``mmprune.prune(target_flops=t)`` for each target,
-then every variant's tensor-mode forward at batch 1 is timed *interleaved*
+with the default ``allocation='uniform'`` and with ``allocation='latency'``, then every variant's tensor-mode forward at batch 1 is timed *interleaved*
 (run k of every variant before run k+1 of any, order rotated, two warm-up
 calls each; medians), in PyTorch eager on CPU, in ONNX Runtime on CPU (not for
 two-stage detectors, whose RoI head needs the RPN's proposals in the graph),
-and on GPU when one is present. Efficiency = speed-up / (dense FLOPs / pruned
-FLOPs): 1.0 means the FLOPs saved turn fully into time saved.
+and on GPU when one is present. glibc malloc is first made to reuse its pages
+(``--malloc steady``, :func:`steady_malloc`): with its defaults the dense models
+paid page faults that the pruned ones did not, by the order of the models.
+Efficiency = speed-up / (dense FLOPs / pruned FLOPs): 1.0 means the FLOPs saved
+turn fully into time saved.
 
 Also timed: ``mmprune.prune`` at a fixed ratio (0.5, l2: graph build, scoring,
 pruning, structure) against the same prune written by hand with raw
@@ -128,21 +132,24 @@ def bench_model(name: str, config: str, args) -> dict:
     rec['pruned'] = {}
     import mmprune.pruner as pruner_mod
     default_fast = pruner_mod.FAST_COUNTS
-    for t, rt, fast in itertools.product(args.targets, args.round_tos, args.fast_counts):
+    for t, rt, fast, alloc in itertools.product(args.targets, args.round_tos, args.fast_counts,
+                                                args.allocations):
         m = copy.deepcopy(dense)
         t0 = time.perf_counter()
         pruner_mod.FAST_COUNTS = fast == 'on'
         try:
-            res = mmprune.prune(m, cfg=cfg, input_shape=shape, target_flops=t, round_to=rt)
+            res = mmprune.prune(m, cfg=cfg, input_shape=shape, target_flops=t, round_to=rt,
+                                allocation=alloc)
         finally:
             pruner_mod.FAST_COUNTS = default_fast
         m.eval()
         key = f'{t:g}' + ('' if rt == args.round_to else f' rt{rt or 1}') + (
-            '' if fast == args.fast_counts[0] else f' fast-{fast}')
+            '' if fast == args.fast_counts[0] else f' fast-{fast}') + (
+            '' if alloc == args.allocations[0] else f' {alloc}')
         variants[key] = m
         rec['pruned'][key] = dict(flops=res.flops[1], params=res.params[1],
                                   flops_ratio=res.flops[1] / res.flops[0], round_to=rt,
-                                  fast_counts=fast, prune_s=round(time.perf_counter() - t0, 2))
+                                  fast_counts=fast, allocation=alloc, prune_s=round(time.perf_counter() - t0, 2))
     with torch.no_grad():
         eager = interleaved_ms({k: (lambda v=v: tensor_forward(v, batch))
                                 for k, v in variants.items()}, args.runs)
@@ -261,12 +268,18 @@ def main(argv=None) -> int:
                    help='mmprune.pruner.FAST_COUNTS: rounded channel counts chosen for speed (on, '
                         'the default) or the nearest multiple (off); several give one variant '
                         'each, like --round-to')
+    p.add_argument('--allocation', nargs='+', choices=['uniform', 'latency'],
+                   default=['uniform', 'latency'], dest='allocations',
+                   help="prune(allocation=...): the first (default: uniform, the library's "
+                        "default) gives the plain rows, the others rows marked with their name")
     p.add_argument('--no-onnx', dest='onnx', action='store_false')
+    add_malloc_option(p)
     p.add_argument('--out', default=os.path.join(
         ROOT, 'benchmarks', 'results', f'speed_{time.strftime("%Y-%m-%d")}.json'))
     args = p.parse_args(argv)
     args.round_tos = [r or None for r in args.round_tos]
     args.round_to = args.round_tos[0]  # the prune-time comparison uses the first
+    apply_malloc(args)
     from mmprune.checkpoint import atomic_write
     records = []
     for name in args.models:
@@ -281,6 +294,49 @@ def main(argv=None) -> int:
                      overwrite=True)  # a crash later keeps the models done
     write_results(args, table(records), records)
     return 0
+
+
+#: glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def steady_malloc() -> bool:
+    """Make glibc malloc keep freed memory and serve every size from its heap
+    (``M_MMAP_MAX=0``, ``M_TRIM_THRESHOLD`` at 2 GiB), like jemalloc or tcmalloc.
+
+    By default glibc gives blocks over its mmap threshold (128 KiB, rising
+    to at most 32 MiB after such blocks are freed) fresh pages from the
+    kernel, which the forward then faults in and zeroes, every call, and it
+    trims the heap when its top is freed. How much of that a forward pays
+    depends on the tensors' sizes and on what the process ran before: a
+    dense DeepLabV3+-R50 at 512x512 took 2.5 s as the first model of a
+    process and 2.0 s after PSPNet, while the pruned one took 1.15 s in
+    both, so its efficiency read 1.09 or 0.91 by the order of the models.
+    With this the forwards reuse the heap's pages and the timing measures
+    the layers. Returns False where it cannot apply (not glibc).
+    """
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
+def add_malloc_option(parser) -> None:
+    parser.add_argument('--malloc', choices=['steady', 'default'], default='steady',
+                        help='steady (default): glibc malloc keeps and reuses its pages '
+                             '(steady_malloc), so timings do not depend on tensor sizes crossing '
+                             'its mmap threshold or on the models run before; default: as is')
+
+
+def apply_malloc(args) -> None:
+    if args.malloc == 'steady' and not steady_malloc():
+        print('--malloc steady: not glibc, malloc left as is', flush=True)
+        args.malloc = 'default (steady not available)'
 
 
 def cpu_model() -> str:

@@ -3,6 +3,7 @@ they write; the timings themselves are not checked)."""
 import json
 import os
 import re
+import subprocess
 import sys
 
 from conftest import ROOT
@@ -26,15 +27,52 @@ def test_channels_marks_prime_block_counts(tmp_path, capsys):
     assert '| 8x8 |' in record['table']
 
 
-def test_speed_fast_counts_variants(tmp_path, capsys):
+def test_speed_variants(tmp_path, capsys):
     import mmprune.pruner as pruner
     out = tmp_path / 'speed.json'
     assert speed.main(['--models', os.path.join(ROOT, 'configs/tiny/retinanet_r18_tiny.py'),
                        '--targets', '0.5', '--shape', '64', '96', '--runs', '1', '--no-onnx',
-                       '--fast-counts', 'on', 'off', '--out', str(out)]) == 0
+                       '--fast-counts', 'on', 'off', '--allocation', 'uniform', 'latency',
+                       '--malloc', 'default',
+                       '--out', str(out)]) == 0
     assert pruner.FAST_COUNTS is True  # the benchmark put the default back
     record = json.loads(out.read_text())['records'][0]
-    assert set(record['pruned']) == {'0.5', '0.5 fast-off'}
+    variants = {'0.5', '0.5 fast-off', '0.5 latency', '0.5 fast-off latency'}
+    assert set(record['pruned']) == variants
     assert record['pruned']['0.5']['fast_counts'] == 'on'
-    assert set(record['eager_cpu_ms']) == {'dense', '0.5', '0.5 fast-off'}
-    assert '| retinanet_r18_tiny | 0.5 fast-off |' in capsys.readouterr().out
+    assert record['pruned']['0.5 latency']['allocation'] == 'latency'
+    assert record['pruned']['0.5']['allocation'] == 'uniform'
+    assert set(record['eager_cpu_ms']) == {'dense'} | variants
+    printed = capsys.readouterr().out
+    assert '| retinanet_r18_tiny | 0.5 fast-off |' in printed
+    assert '| retinanet_r18_tiny | 0.5 latency |' in printed
+
+
+MMAPPED = """
+import ctypes, sys, torch
+sys.path.insert(0, {bench!r})
+import speed
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(f, ctypes.c_size_t) for f in
+                'arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost'.split()]
+libc = ctypes.CDLL('libc.so.6')
+libc.mallinfo2.restype = Info
+if {steady}:
+    assert speed.steady_malloc()
+before = libc.mallinfo2().hblkhd  # bytes in mapped blocks
+t = torch.ones(16 * 2 ** 20)  # 64 MiB
+print(libc.mallinfo2().hblkhd - before)
+"""
+
+
+def test_steady_malloc_serves_large_tensors_from_the_heap():
+    """Without it glibc maps a 64 MiB tensor (fresh pages each time); with it, not."""
+    def mmapped(steady: bool) -> int:
+        code = MMAPPED.format(bench=os.path.join(ROOT, 'benchmarks'), steady=steady)
+        done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return int(done.stdout.split()[-1])
+
+    assert mmapped(False) >= 64 * 2 ** 20
+    assert mmapped(True) == 0

@@ -76,3 +76,20 @@ def test_steady_malloc_serves_large_tensors_from_the_heap():
 
     assert mmapped(False) >= 64 * 2 ** 20
     assert mmapped(True) == 0
+
+
+def test_stages_table_sums_layers_by_part(tmp_path, capsys):
+    import stages
+    out = tmp_path / 'stages.json'
+    assert stages.main([os.path.join(ROOT, 'configs/tiny/retinanet_r18_tiny.py'), '--shape',
+                        '64', '96', '--rounds', '1', '--depth', '1', '--malloc', 'default',
+                        '--out', str(out)]) == 0
+    record = json.loads(out.read_text())['records'][0]
+    parts = {r['part']: r for r in record['parts']}
+    assert {'backbone', 'neck', 'bbox_head'} <= set(parts)
+    assert 0.3 < record['flops_ratio'] < 0.7
+    # the parts' FLOPs ratios bracket the model's; the head's output layers keep some
+    ratios = [r['flops_ratio'] for r in parts.values() if r['dense_gmacs'] > 0]
+    assert min(ratios) <= record['flops_ratio'] <= max(ratios)
+    assert abs(sum(r['dense_ms'] for r in parts.values()) - record['dense_layers_ms']) < 0.1
+    assert '| backbone |' in capsys.readouterr().out

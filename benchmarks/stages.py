@@ -2,7 +2,7 @@
 
     python benchmarks/stages.py [MODEL] [--target 0.5] [--allocation uniform|latency]
                                 [--depth 2] [--shape 512 512] [--rounds 3]
-                                [--malloc steady|default] [--out FILE.json]
+                                [--ops N] [--malloc steady|default] [--out FILE.json]
 
 MODEL: a name from ``benchmarks/speed.py`` (default ``faster_rcnn_r50``) or a
 config path. The model (random init) is pruned with
@@ -16,7 +16,11 @@ FLOPs dense and pruned, and "ms over FLOPs": the pruned time less the time
 the part would take if it shrank with its FLOPs (positive: the part keeps
 more time than FLOPs). The whole forward is timed too (median of 5); its
 time outside the layers is the functional work between modules (resizes,
-reshapes, attention products written as functions, post-processing).
+reshapes, attention products written as functions, post-processing), less
+exactly: the layer times carry the hooks' overhead. ``--ops N`` adds the N
+slowest operators of ``torch.profiler`` over 3 forwards of each model (calls and
+self CPU ms per forward), which shows whether pruning left extra operators
+(reshapes, copies) behind, and counts the hooks left on the pruned model.
 """
 from __future__ import annotations
 
@@ -55,6 +59,27 @@ def profile(model, batch, rounds: int):
             tensor_forward(model, batch)
             whole.append(time.perf_counter() - t0)
     return ({k: v * 1e3 for k, v in best.items()}, flops, statistics.median(whole) * 1e3)
+
+
+def operators(model, batch) -> dict:
+    """{operator: (calls, self CPU ms) per forward}, from ``torch.profiler``."""
+    import torch
+    from torch.profiler import profile as torch_profile
+
+    from mmprune.graph import tensor_forward
+    with torch.no_grad():
+        tensor_forward(model, batch)
+        with torch_profile() as prof:
+            for _ in range(3):
+                tensor_forward(model, batch)
+    return {e.key: (e.count // 3, e.self_cpu_time_total / 3e3) for e in prof.key_averages()}
+
+
+def ops_table(dense: dict, pruned: dict, top: int) -> list:
+    keys = sorted(set(dense) | set(pruned), key=lambda k: -dense.get(k, (0, 0.0))[1])[:top]
+    return [dict(op=k, dense_calls=dense.get(k, (0, 0))[0], dense_ms=round(dense.get(k, (0, 0))[1], 2),
+                 pruned_calls=pruned.get(k, (0, 0))[0],
+                 pruned_ms=round(pruned.get(k, (0, 0))[1], 2)) for k in keys]
 
 
 def parts(dense, pruned, depth: int) -> list:
@@ -103,6 +128,8 @@ def main(argv=None) -> int:
     p.add_argument('--shape', type=int, nargs=2, default=(512, 512))
     p.add_argument('--rounds', type=int, default=3)
     p.add_argument('--top', type=int, default=30, help='rows printed (all go to the JSON)')
+    p.add_argument('--ops', type=int, default=0, metavar='N',
+                   help='also the N slowest profiler operators, dense vs pruned')
     add_malloc_option(p)
     p.add_argument('--out', default=os.path.join(
         ROOT, 'benchmarks', 'results', f'stages_{time.strftime("%Y-%m-%d")}.json'))
@@ -128,7 +155,16 @@ def main(argv=None) -> int:
     record = dict(model=name, flops_ratio=flops_ratio, dense_ms=a[2], pruned_ms=b[2],
                   dense_layers_ms=sum(a[0].values()), pruned_layers_ms=sum(b[0].values()),
                   parts=rows)
-    write_results(args, table(name, flops_ratio, a, b, rows, args.top), [record])
+    text = table(name, flops_ratio, a, b, rows, args.top)
+    if args.ops:
+        record['hooks_left'] = sum(len(m._forward_hooks) + len(m._forward_pre_hooks)
+                                   for m in pruned.modules())
+        record['ops'] = ops_table(operators(dense, batch), operators(pruned, batch), args.ops)
+        text += (f'\n\nhooks left on the pruned model: {record["hooks_left"]}\n'
+                 '| operator | dense calls | dense ms | pruned calls | pruned ms |\n|---|---|---|---|---|\n'
+                 + '\n'.join(f'| {o["op"]} | {o["dense_calls"]} | {o["dense_ms"]:.1f} | '
+                              f'{o["pruned_calls"]} | {o["pruned_ms"]:.1f} |' for o in record['ops']))
+    write_results(args, text, [record])
     return 0
 
 

@@ -82,7 +82,7 @@ def test_stages_table_sums_layers_by_part(tmp_path, capsys):
     import stages
     out = tmp_path / 'stages.json'
     assert stages.main([os.path.join(ROOT, 'configs/tiny/retinanet_r18_tiny.py'), '--shape',
-                        '64', '96', '--rounds', '1', '--depth', '1', '--malloc', 'default',
+                        '64', '96', '--rounds', '1', '--depth', '1', '--malloc', 'default', '--ops', '5',
                         '--out', str(out)]) == 0
     record = json.loads(out.read_text())['records'][0]
     parts = {r['part']: r for r in record['parts']}
@@ -92,4 +92,8 @@ def test_stages_table_sums_layers_by_part(tmp_path, capsys):
     ratios = [r['flops_ratio'] for r in parts.values() if r['dense_gmacs'] > 0]
     assert min(ratios) <= record['flops_ratio'] <= max(ratios)
     assert abs(sum(r['dense_ms'] for r in parts.values()) - record['dense_layers_ms']) < 0.1
-    assert '| backbone |' in capsys.readouterr().out
+    assert record['hooks_left'] == 0
+    assert len(record['ops']) == 5  # pruning adds no operators (no reshapes or copies)
+    assert all(o['dense_calls'] == o['pruned_calls'] > 0 for o in record['ops'])
+    printed = capsys.readouterr().out
+    assert '| backbone |' in printed and '| aten::_convolution |' in printed

@@ -39,7 +39,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from speed import MODELS, add_malloc_option, apply_malloc, write_results  # noqa: E402  (benchmarks/speed.py)
+from speed import (MODELS, add_malloc_option, apply_malloc,  # noqa: E402  (benchmarks/speed.py)
+                   write_results)
 from test import interleaved_ms  # noqa: E402  (tools/test.py)
 
 FIRST_STAGE = ('backbone.conv1', 'backbone.stem', 'backbone.layer1')

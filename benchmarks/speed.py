@@ -8,7 +8,8 @@
 
 For each model (random init; speed does not depend on the weights) the
 dense model is pruned with ``mmprune.prune(target_flops=t)`` for each target,
-with the default ``allocation='uniform'`` and with ``allocation='latency'``, then every variant's tensor-mode forward at batch 1 is timed *interleaved*
+with the default ``allocation='uniform'`` and with ``allocation='latency'``,
+then every variant's tensor-mode forward at batch 1 is timed *interleaved*
 (run k of every variant before run k+1 of any, order rotated, two warm-up
 calls each; medians), in PyTorch eager on CPU, in ONNX Runtime on CPU (not for
 two-stage detectors, whose RoI head needs the RPN's proposals in the graph),
@@ -149,7 +150,8 @@ def bench_model(name: str, config: str, args) -> dict:
         variants[key] = m
         rec['pruned'][key] = dict(flops=res.flops[1], params=res.params[1],
                                   flops_ratio=res.flops[1] / res.flops[0], round_to=rt,
-                                  fast_counts=fast, allocation=alloc, prune_s=round(time.perf_counter() - t0, 2))
+                                  fast_counts=fast, allocation=alloc,
+                                  prune_s=round(time.perf_counter() - t0, 2))
     with torch.no_grad():
         eager = interleaved_ms({k: (lambda v=v: tensor_forward(v, batch))
                                 for k, v in variants.items()}, args.runs)
@@ -309,9 +311,10 @@ def steady_malloc() -> bool:
     kernel, which the forward then faults in and zeroes, every call, and it
     trims the heap when its top is freed. How much of that a forward pays
     depends on the tensors' sizes and on what the process ran before: a
-    dense DeepLabV3+-R50 at 512x512 took 2.5 s as the first model of a
-    process and 2.0 s after PSPNet, while the pruned one took 1.15 s in
-    both, so its efficiency read 1.09 or 0.91 by the order of the models.
+    dense DeepLabV3+-R50 at 512x512 took 2.4 s as the first model of a
+    process and 2.0 s as the fifth (after RetinaNet, Faster / Mask R-CNN and
+    PSPNet), while the pruned one took 1.09 s in both, so its efficiency
+    read 1.10 or 0.91 by the order of the models (README "Timing method").
     With this the forwards reuse the heap's pages and the timing measures
     the layers. Returns False where it cannot apply (not glibc).
     """

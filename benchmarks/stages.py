@@ -77,9 +77,12 @@ def operators(model, batch) -> dict:
 
 def ops_table(dense: dict, pruned: dict, top: int) -> list:
     keys = sorted(set(dense) | set(pruned), key=lambda k: -dense.get(k, (0, 0.0))[1])[:top]
-    return [dict(op=k, dense_calls=dense.get(k, (0, 0))[0], dense_ms=round(dense.get(k, (0, 0))[1], 2),
-                 pruned_calls=pruned.get(k, (0, 0))[0],
-                 pruned_ms=round(pruned.get(k, (0, 0))[1], 2)) for k in keys]
+    rows = []
+    for k in keys:
+        (n0, t0), (n1, t1) = dense.get(k, (0, 0.0)), pruned.get(k, (0, 0.0))
+        rows.append(dict(op=k, dense_calls=n0, dense_ms=round(t0, 2), pruned_calls=n1,
+                         pruned_ms=round(t1, 2)))
+    return rows
 
 
 def parts(dense, pruned, depth: int) -> list:
@@ -161,9 +164,11 @@ def main(argv=None) -> int:
                                    for m in pruned.modules())
         record['ops'] = ops_table(operators(dense, batch), operators(pruned, batch), args.ops)
         text += (f'\n\nhooks left on the pruned model: {record["hooks_left"]}\n'
-                 '| operator | dense calls | dense ms | pruned calls | pruned ms |\n|---|---|---|---|---|\n'
+                 '| operator | dense calls | dense ms | pruned calls | pruned ms |\n'
+                 '|---|---|---|---|---|\n'
                  + '\n'.join(f'| {o["op"]} | {o["dense_calls"]} | {o["dense_ms"]:.1f} | '
-                              f'{o["pruned_calls"]} | {o["pruned_ms"]:.1f} |' for o in record['ops']))
+                              f'{o["pruned_calls"]} | {o["pruned_ms"]:.1f} |'
+                              for o in record['ops']))
     write_results(args, text, [record])
     return 0
 

@@ -53,8 +53,8 @@ import ctypes, sys, torch
 sys.path.insert(0, {bench!r})
 import speed
 class Info(ctypes.Structure):  # glibc's struct mallinfo2
-    _fields_ = [(f, ctypes.c_size_t) for f in
-                'arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost'.split()]
+    _fields_ = [(f, ctypes.c_size_t) for f in ('arena ordblks smblks hblks hblkhd usmblks '
+                                               'fsmblks uordblks fordblks keepcost').split()]
 libc = ctypes.CDLL('libc.so.6')
 libc.mallinfo2.restype = Info
 if {steady}:
@@ -82,7 +82,8 @@ def test_stages_table_sums_layers_by_part(tmp_path, capsys):
     import stages
     out = tmp_path / 'stages.json'
     assert stages.main([os.path.join(ROOT, 'configs/tiny/retinanet_r18_tiny.py'), '--shape',
-                        '64', '96', '--rounds', '1', '--depth', '1', '--malloc', 'default', '--ops', '5',
+                        '64', '96', '--rounds', '1', '--depth', '1', '--malloc', 'default',
+                        '--ops', '5',
                         '--out', str(out)]) == 0
     record = json.loads(out.read_text())['records'][0]
     parts = {r['part']: r for r in record['parts']}

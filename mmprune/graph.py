@@ -532,6 +532,12 @@ _DATA_OPS = {'clone', 'detach', 'reshape', 'view', 'permute', 'transpose', 'flat
              '__getitem__', 'repeat', 'expand', 'unsqueeze', 'squeeze', 'einsum', 'matmul', 'bmm'}
 _SPLIT_OPS = {'split', 'split_with_sizes', 'chunk', 'tensor_split'}
 
+#: tokens reshaped to maps: ``strict`` keeps the channels of every such reshape
+#: (a shape taken from another tensor cannot follow a pruned width), otherwise
+#: only of those that are not a plain spatial unflatten; ``relaxed`` counts the
+#: reshapes let through, so that a prune failing with them can be retried strict
+TOKEN_MAPS: Dict[str, Any] = dict(strict=False, relaxed=0)
+
 #: channel concats of the last traced forward: autograd node -> its pieces in order,
 #: (traced, channels when traced); see pruner._concat_sizes_guard
 CONCAT_LAYOUT: Dict[Any, List[Tuple[bool, int]]] = {}
@@ -638,9 +644,14 @@ class _TraceMode(TorchFunctionMode):
         if name in ('reshape', 'view') and isinstance(out, torch.Tensor) and args \
                 and isinstance(args[0], torch.Tensor) and args[0].grad_fn is not None \
                 and args[0].dim() == 3 and out.dim() == 4:
-            # tokens back to maps, often with a shape taken from elsewhere (DPT's
-            # reassemble blocks): the channels stay
-            self.grad_fns.append(args[0].grad_fn)
+            if _unflattens_space(args[0], out) and not TOKEN_MAPS['strict']:
+                # channel-first tokens to maps of the same width (mmcv's nlc_to_nchw, which
+                # takes the width from the tokens): the channels map one to one
+                TOKEN_MAPS['relaxed'] += 1
+            else:
+                # tokens back to maps with a shape taken from elsewhere (DPT's reassemble
+                # blocks reshape to the backbone's width): the channels stay
+                self.grad_fns.append(args[0].grad_fn)
         if name in _BINARY_OPS and len(args) >= 2 and isinstance(out, torch.Tensor) \
                 and out.grad_fn is not None:
             a, b = args[0], args[1]
@@ -669,6 +680,13 @@ class _TraceMode(TorchFunctionMode):
         args = list(args)
         args[narrow] = args[narrow].detach()
         return tuple(args)
+
+
+def _unflattens_space(tokens: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether ``out`` is channel-first ``tokens`` (B, C, H*W) with only the
+    spatial dimension split (as mmcv's ``nlc_to_nchw`` does)."""
+    return tuple(out.shape[:2]) == tuple(tokens.shape[:2]) \
+        and out.shape[2] * out.shape[3] == tokens.shape[2]
 
 
 def _slices_channels(t: torch.Tensor, index) -> bool:

@@ -26,7 +26,7 @@ from mmengine.logging import print_log
 from .custom_layers import customized_pruners_for
 from .flops import (FlopsCounter, count_flops_params, layer_flops,  # noqa: F401 (re-exported)
                     recording)
-from .graph import (CONCAT_LAYOUT, find_output_layers, follow_input_channels, make_batch,
+from .graph import (CONCAT_LAYOUT, TOKEN_MAPS, find_output_layers, follow_input_channels, make_batch,
                     tensor_forward, tracing_state)
 from .importance import (DEFAULT_IMPORTANCE, GRADIENT_IMPORTANCES, PER_SAMPLE_IMPORTANCES,
                          build_importance, importance_name)
@@ -156,22 +156,42 @@ def _top_level(found: Dict[str, nn.Module]) -> Tuple[nn.Module, ...]:
 def _attention_projections(model: nn.Module) -> List[nn.Module]:
     """Layers of attention blocks whose channels stay: the embedding and the heads.
 
-    Attention modules (``nn.MultiheadAttention`` and any module with an integer
-    ``num_heads``: mmcv's wrapper, Swin's window attention, Twins, SegFormer)
-    split their projections into heads with ``reshape`` calls built from
-    constants or from the input's width, which torch-pruning's head rules do
-    not cover for most of them. Their projections keep their output channels,
-    so the residual stream they write to keeps its width too; the feed-forward
-    layers between them (and every convolution around them) are still pruned.
+    ``nn.MultiheadAttention`` with one packed input projection (mmcv's wrapper:
+    SegFormer, ViT, DETR-style decoders) is pruned by torch-pruning's own
+    attention handler, the same channels from every head (see
+    :func:`_attention_heads`), and so are the layers around it. Other attention
+    modules (any module with an integer ``num_heads``: Swin's window attention,
+    Twins) split their projections into heads with ``reshape`` calls built from
+    constants or from the input's width, which torch-pruning's head rules do not
+    cover: their projections keep their output channels, so the residual stream
+    they write to keeps its width too; the feed-forward layers between them (and
+    every convolution around them) are still pruned.
     """
     kept: List[nn.Module] = []
     for m in model.modules():
         if isinstance(m, nn.MultiheadAttention):
-            kept.append(m)
-        elif isinstance(getattr(m, 'num_heads', None), int):
-            kept += [c for c in m.children()
-                     if isinstance(c, _PRUNABLE_ROOTS + (nn.MultiheadAttention,))]
+            if not _headwise(m):
+                kept.append(m)
+        elif isinstance(getattr(m, 'num_heads', None), int) and not any(
+                isinstance(c, nn.MultiheadAttention) for c in m.children()):
+            kept += [c for c in m.children() if isinstance(c, _PRUNABLE_ROOTS)]
     return list(dict.fromkeys(kept))
+
+
+def _headwise(m: nn.MultiheadAttention) -> bool:
+    """Whether torch-pruning's handler prunes ``m`` correctly: one packed input
+    projection (query, key and value widths all ``embed_dim``)."""
+    return bool(getattr(m, '_qkv_same_embed_dim', False)) and m.bias_k is None
+
+
+def _attention_heads(model: nn.Module, keep: List[nn.Module]) -> Dict[nn.Module, int]:
+    """Channel groups of the attention modules pruned: one per head, so that each
+    head loses the same channels and ``embed_dim`` stays divisible by ``num_heads``
+    (torch-pruning splits the kept channels into heads in order)."""
+    kept = set(keep)
+    return {m: m.num_heads for m in model.modules()
+            if isinstance(m, nn.MultiheadAttention) and m not in kept and _headwise(m)
+            and m.num_heads > 1}
 
 
 def _trace_batch(model: nn.Module, cfg, batch: Dict[str, Any], seed: int) -> Dict[str, Any]:
@@ -370,7 +390,8 @@ def prune(model: Union[nn.Module, str, Any],
                    input_shape=list(batch['inputs'].shape[-2:]))
     before = snapshot(model)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    try:
+
+    def attempt() -> Tuple[List[str], int, int, int]:
         with tracing_state(model), follow_input_channels(model):
             small = _trace_batch(model, cfg, batch, seed)
             built: List[Any] = []  # the dependency graph, built from the same forward
@@ -422,9 +443,28 @@ def prune(model: Union[nn.Module, str, Any],
                         2 if _one_value_norms(model, counter.small_dense or counter.full) else 1)
             for p in model.parameters():
                 p.grad = None
+        return output_layers, flops0, params0, flops1
+
+    TOKEN_MAPS.update(strict=False, relaxed=0)
+    try:
+        try:
+            output_layers, flops0, params0, flops1 = attempt()
+        except RuntimeError as e:
+            if not TOKEN_MAPS['relaxed']:
+                raise
+            # a reshape of tokens to maps was let follow the pruned width, but some shape is
+            # fixed elsewhere: prune again with the channels of such reshapes kept
+            _restore(model, before, state)
+            print_log(f'[mmprune] pruning with token maps following the pruned width failed '
+                      f'({type(e).__name__}: {str(e)[:160]}); pruning again with their '
+                      f'channels kept', logger='current', level=logging.WARNING)
+            TOKEN_MAPS['strict'] = True
+            output_layers, flops0, params0, flops1 = attempt()
     except BaseException:
         _restore(model, before, state)
         raise
+    finally:
+        TOKEN_MAPS.update(strict=False, relaxed=0)
     params1 = sum(p.numel() for p in model.parameters())
     structure = diff(before, model)
     result = PruneResult(model, structure, (params0, params1), (flops0, flops1),
@@ -708,9 +748,11 @@ def _prune_steps(model: nn.Module, batch: Dict[str, Any], importance, ratio: flo
     imp = build_importance(importance)
     with _concat_sizes_guard(), _fast_flatten_mapping():
         with _given_graph(graph):
+            heads = _attention_heads(model, keep)
             pruner = tp.pruner.MetaPruner(
                 model, batch, importance=imp, pruning_ratio=ratio,
                 pruning_ratio_dict=ratio_dict or None, ignored_layers=keep,
+                in_channel_groups=dict(heads), out_channel_groups=dict(heads),
                 customized_pruners=customized_pruners_for(model),
                 forward_fn=tensor_forward, **options)
         _name_importance_failures(pruner, name)

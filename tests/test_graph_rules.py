@@ -161,3 +161,95 @@ def test_chunks_flatten_ranges_and_weights_as_features():
     with torch.no_grad():
         assert [o.shape for o in tensor_forward(model, batch)] == dense
         model(batch['inputs'], batch['data_samples'], mode='predict')
+
+
+@SEG_MODELS.register_module(force=True)
+class AttentionNet(BaseModule):
+    """SegFormer's pattern: maps to tokens, mmcv's attention wrapper (keyword call,
+    batch-first transposes, a strided conv reducing keys and values) over a
+    2-head ``nn.MultiheadAttention``, a residual add, and tokens back to maps
+    with ``nlc_to_nchw`` (width taken from the tokens)."""
+
+    def __init__(self):
+        super().__init__()
+        from mmseg.models.backbones.mit import EfficientMultiheadAttention
+        self.stem = nn.Conv2d(3, 32, 3, stride=2, padding=1)
+        self.norm = nn.LayerNorm(32)
+        self.attn = EfficientMultiheadAttention(32, 2, sr_ratio=2, batch_first=True)
+        self.out = nn.Conv2d(32, 32, 1)
+
+    def forward(self, x):
+        from mmseg.models.utils import nchw_to_nlc, nlc_to_nchw
+        f = self.stem(x)
+        hw = f.shape[2:]
+        t = nchw_to_nlc(f)
+        t = self.attn(self.norm(t), hw, identity=t)
+        return (self.out(nlc_to_nchw(t, hw)),)
+
+
+def _kept_rows(dense: torch.Tensor, pruned: torch.Tensor) -> list:
+    """Indices of the rows of ``dense`` that ``pruned`` kept (rows are unique)."""
+    flat = dense.flatten(1)
+    return sorted(int((flat == row).all(1).nonzero()[0]) for row in pruned.flatten(1))
+
+
+def test_attention_embedding_pruned_alike_in_every_head():
+    torch.manual_seed(0)
+    cfg = _cfg()
+    cfg.model.backbone = dict(type='AttentionNet')
+    model, cfg = mmprune.build_model(cfg)
+    dense_model = copy.deepcopy(model)
+    batch = make_batch(model, cfg, (64, 64))
+    model.eval()
+    with torch.no_grad():
+        dense = [o.shape for o in tensor_forward(model, batch)]
+    result = mmprune.prune(model, 0.5, cfg=cfg, input_shape=(64, 64))
+    mha = model.backbone.attn.attn
+    assert mha.embed_dim < 32 and mha.num_heads == 2 and mha.head_dim * 2 == mha.embed_dim
+    assert model.backbone.attn.sr.out_channels == mha.embed_dim
+    # the residual stream's channels (the stem's kept filters) are the same ones in both heads
+    kept = _kept_rows(dense_model.backbone.stem.weight, model.backbone.stem.weight)
+    assert len(kept) == mha.embed_dim
+    assert [k for k in kept if k < 16] == [k - 16 for k in kept if k >= 16]
+    model.eval()
+    with torch.no_grad():
+        assert [o.shape for o in tensor_forward(model, batch)] == dense
+    rebuilt = build_pruned_model(copy.deepcopy(cfg.model), result.structure)
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    rebuilt.eval()
+    with torch.no_grad():
+        for a, b in zip(tensor_forward(model, batch), tensor_forward(rebuilt, batch)):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
+@SEG_MODELS.register_module(force=True)
+class ReassembleNet(BaseModule):
+    """DPT's reassemble pattern: a Linear over tokens whose output is reshaped to
+    the shape of another feature (here one whose width a constant fixes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, stride=2, padding=1)
+        self.register_buffer('pos', torch.randn(1, 32, 1, 1))
+        self.project = nn.Linear(32, 32)
+        self.out = nn.Conv2d(32, 32, 1)
+
+    def forward(self, x):
+        f = self.stem(x) + self.pos  # a constant: the stem keeps its width
+        t = self.project(f.flatten(2).transpose(1, 2))
+        return (self.out(t.transpose(1, 2).reshape(f.shape)),)
+
+
+def test_reshape_to_a_width_from_elsewhere_is_pruned_again_with_it_kept():
+    torch.manual_seed(0)
+    cfg = _cfg()
+    cfg.model.backbone = dict(type='ReassembleNet')
+    model, cfg = mmprune.build_model(cfg)
+    batch = make_batch(model, cfg, (64, 64))
+    mmprune.prune(model, 0.5, cfg=cfg, input_shape=(64, 64))
+    bb = model.backbone
+    assert bb.stem.out_channels == 32 and bb.project.out_features == 32
+    assert bb.out.out_channels < 32  # the rest is still pruned
+    model.eval()
+    with torch.no_grad():
+        tensor_forward(model, batch)

@@ -96,8 +96,9 @@ test_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
                cwd=str(tmp_path))
     assert re.search(r'params\s+[\d.]+M\s+[\d.]+M', log), log
     summary = json.load(open(out_dir / 'm_prune_summary.json'))
-    # attention blocks keep their width, so SegFormer-B0 keeps 72 % of its parameters at 0.5
-    assert summary['params_pruned'] < 0.8 * summary['params_dense']
+    # the attention blocks lose embedding channels too (per head), so SegFormer-B0 keeps under
+    # half its parameters at 0.5 (72 % when they kept their width)
+    assert summary["params_pruned"] < 0.5 * summary["params_dense"]
     ckpt = torch.load(out_dir / 'm_pruned.pth', weights_only=True)
     dense, _ = mmprune.build_model(str(dense_cfg))
     assert set(ckpt['state_dict']) == set(dense.state_dict())

@@ -45,6 +45,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 
 from test import interleaved_ms  # noqa: E402  (tools/test.py)
+from mmprune.latency import steady_malloc  # noqa: E402,F401  (re-exported: benchmarks call speed.steady_malloc)
 
 MODELS = {
     'retinanet_r50': 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
@@ -296,37 +297,6 @@ def main(argv=None) -> int:
                      overwrite=True)  # a crash later keeps the models done
     write_results(args, table(records), records)
     return 0
-
-
-#: glibc mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-
-
-def steady_malloc() -> bool:
-    """Make glibc malloc keep freed memory and serve every size from its heap
-    (``M_MMAP_MAX=0``, ``M_TRIM_THRESHOLD`` at 2 GiB), like jemalloc or tcmalloc.
-
-    By default glibc gives blocks over its mmap threshold (128 KiB, rising
-    to at most 32 MiB after such blocks are freed) fresh pages from the
-    kernel, which the forward then faults in and zeroes, every call, and it
-    trims the heap when its top is freed. How much of that a forward pays
-    depends on the tensors' sizes and on what the process ran before: a
-    dense DeepLabV3+-R50 at 512x512 took 2.4 s as the first model of a
-    process and 2.0 s as the fifth (after RetinaNet, Faster / Mask R-CNN and
-    PSPNet), while the pruned one took 1.09 s in both, so its efficiency
-    read 1.10 or 0.91 by the order of the models (README "Timing method").
-    With this the forwards reuse the heap's pages and the timing measures
-    the layers. Returns False where it cannot apply (not glibc).
-    """
-    import ctypes
-    import ctypes.util
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
 
 def add_malloc_option(parser) -> None:

@@ -97,4 +97,4 @@ def test_stages_table_sums_layers_by_part(tmp_path, capsys):
     assert len(record['ops']) == 5  # pruning adds no operators (no reshapes or copies)
     assert all(o['dense_calls'] == o['pruned_calls'] > 0 for o in record['ops'])
     printed = capsys.readouterr().out
-    assert '| backbone |' in printed and '| aten::_convolution |' in printed
+    assert '| backbone |' in printed and '| aten::' in printed

@@ -27,6 +27,7 @@ import torch.nn as nn  # noqa: E402
 import mmprune  # noqa: E402
 from mmprune.checkpoint import atomic_write  # noqa: E402
 from mmprune.graph import make_batch  # noqa: E402
+from mmprune.latency import steady_malloc  # noqa: E402
 
 from test import median_ms  # noqa: E402  (tools/test.py)
 
@@ -108,6 +109,7 @@ def main(argv=None) -> dict:
     feed = {'image': image.numpy()}
     outputs = session.run(None, feed)
     diff = max(float((torch.from_numpy(o) - r).abs().max()) for o, r in zip(outputs, reference))
+    steady_malloc()  # glibc reuses its pages, as in tools/test.py's latency columns
     with torch.no_grad():
         torch_ms = median_ms(lambda: graph(image), args.runs)
     ort_ms = median_ms(lambda: session.run(None, feed), args.runs)

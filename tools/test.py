@@ -8,8 +8,9 @@ The metric is the config's own ``test_evaluator`` (VOC or COCO mAP for mmdet,
 the host's packaged ``tools/test.py`` computes it. With ``--compare`` one
 table shows, per model: the metric and its delta, params, FLOPs (MACs of the
 tensor-mode forward at the test pipeline's size, torch-pruning's counter),
-median CPU latency of that forward (and GPU latency when a GPU is present),
-and the checkpoint's size on disk. A JSON summary goes to the work dir.
+median CPU latency of that forward (and GPU latency when a GPU is present;
+glibc malloc set to reuse its pages first, ``mmprune.latency.steady_malloc``,
+as in the benchmarks), and the checkpoint's size on disk. A JSON summary goes to the work dir.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import torch  # noqa: E402
 from mmprune.apis import build_model, load_config  # noqa: E402
 from mmprune.checkpoint import atomic_write  # noqa: E402
 from mmprune.graph import make_batch, tensor_forward  # noqa: E402
+from mmprune.latency import steady_malloc  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -70,7 +72,10 @@ def interleaved_ms(fns: dict, runs: int, sync=None) -> dict:
 
 
 def side_by_side_latency(rows: list, args) -> None:
-    """Re-time the compared models' forwards interleaved (one input, same process)."""
+    """Re-time the compared models' forwards interleaved (one input, same process),
+    with glibc malloc reusing its pages (:func:`steady_malloc`): large tensors would
+    otherwise pay fresh page faults on some models and not on others."""
+    steady_malloc()
     models = {}
     for r in rows:
         cfg = load_config(r['config'])
@@ -95,7 +100,9 @@ def side_by_side_latency(rows: list, args) -> None:
 
 
 def latency_ms(model, batch, runs: int, device: str = 'cpu') -> float:
-    """Median wall time of the tensor-mode forward at batch 1 on ``device``."""
+    """Median wall time of the tensor-mode forward at batch 1 on ``device``
+    (glibc malloc reusing its pages, as in :func:`side_by_side_latency`)."""
+    steady_malloc()
     model = model.to(device).eval()
     batch = dict(inputs=batch['inputs'].to(device), data_samples=batch['data_samples'])
     with torch.no_grad():

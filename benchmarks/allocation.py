@@ -24,11 +24,18 @@ PyTorch on CPU (``tools/test.py``'s ``interleaved_ms``: run k of each before
 run k+1 of any, two warm-ups, medians), ``--reps`` rounds of ``--runs`` runs,
 with glibc malloc made to reuse its pages (``--malloc``, see ``speed.steady_malloc``).
 Efficiency = speed-up x FLOPs fraction, per round and its mean over rounds.
+
+``--allocations`` picks some of the four; ``--round-tos 8 16`` prunes each of them
+with every ``round_to`` (keys ``uniform rt16`` etc. for the ones after the first);
+``--seeds 0 1 2`` repeats each model over random inits (``torch.manual_seed``
+before building it): where a ``target_flops`` prune lands, and so its channel
+counts, depends on the importance scores, i.e. on the weights.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import os
 import statistics
 import sys
@@ -44,14 +51,15 @@ from speed import (MODELS, add_malloc_option, apply_malloc,  # noqa: E402  (benc
 from test import interleaved_ms  # noqa: E402  (tools/test.py)
 
 FIRST_STAGE = ('backbone.conv1', 'backbone.stem', 'backbone.layer1')
+VARIANTS = ('uniform', 'latency', 'first stage', 'first stage + latency')
 
 
-def bench(name: str, config: str, args) -> dict:
+def bench(name: str, config: str, args, seed: int = 0) -> dict:
     import torch
 
     import mmprune
     from mmprune.graph import make_batch, tensor_forward
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     dense, cfg = mmprune.build_model(config)
     dense.eval()
     shape = tuple(args.shape)
@@ -70,7 +78,11 @@ def bench(name: str, config: str, args) -> dict:
         variants_kw['first stage'] = dict(pruning_ratio_dict=first)
         variants_kw['first stage + latency'] = dict(pruning_ratio_dict=first,
                                                     allocation='latency')
-    for key, kwargs in variants_kw.items():
+    for (alloc, kwargs), rt in itertools.product(variants_kw.items(), args.round_tos):
+        if alloc not in args.allocations:
+            continue
+        key = alloc if rt == args.round_tos[0] else f'{alloc} rt{rt}'
+        kwargs = dict(kwargs, round_to=rt)
         t0 = time.perf_counter()
         m = copy.deepcopy(dense)
         res = mmprune.prune(m, cfg=cfg, input_shape=shape, target_flops=args.target, **kwargs)
@@ -88,18 +100,26 @@ def bench(name: str, config: str, args) -> dict:
             continue
         effs = [r['dense'] / r[k] * fracs[k] for r in rounds]
         info[k].update(eff_rounds=[round(e, 3) for e in effs], eff_mean=statistics.mean(effs))
-    return dict(model=name, config=config, shape=list(shape), target=args.target,
+    return dict(model=name, seed=seed, config=config, shape=list(shape), target=args.target,
                 rounds_ms=rounds, variants=info)
 
 
 def table(records: list) -> str:
+    seeds = len({r['seed'] for r in records}) > 1
     lines = ['| model | allocation | FLOPs | efficiency per round | mean |',
              '|---|---|---|---|---|']
+    means: dict = {}
     for rec in records:
         for k, v in rec['variants'].items():
-            lines.append(f'| {rec["model"]} | {k} | {100 * v["flops_ratio"]:.1f}% | '
+            model = rec['model'] + (f' seed {rec["seed"]}' if seeds else '')
+            lines.append(f'| {model} | {k} | {100 * v["flops_ratio"]:.1f}% | '
                          f'{" ".join(f"{e:.2f}" for e in v["eff_rounds"])} | '
                          f'{v["eff_mean"]:.3f} |')
+            means.setdefault((rec['model'], k), []).append(v['eff_mean'])
+    if seeds:  # the mean over the seeds, per model and variant
+        lines += ['', '| model | allocation | seeds | mean efficiency |', '|---|---|---|---|']
+        lines += [f'| {m} | {k} | {len(v)} | {statistics.mean(v):.3f} |'
+                  for (m, k), v in means.items()]
     return '\n'.join(lines)
 
 
@@ -115,17 +135,22 @@ def main(argv=None) -> int:
     p.add_argument('--first-stage-ratio', type=float, default=0.7)
     p.add_argument('--first-stage', nargs='+', default=list(FIRST_STAGE),
                    help='module names of the "first stage" variant (those present are used)')
+    p.add_argument('--allocations', nargs='+', default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument('--round-tos', type=int, nargs='+', default=[8],
+                   help='round_to values; the first gives the plain keys')
+    p.add_argument('--seeds', type=int, nargs='+', default=[0],
+                   help='random inits per model (torch.manual_seed before building it)')
     add_malloc_option(p)
     p.add_argument('--out', default=os.path.join(
         ROOT, 'benchmarks', 'results', f'allocation_{time.strftime("%Y-%m-%d")}.json'))
     args = p.parse_args(argv)
     apply_malloc(args)
     records = []
-    for name in args.models:
+    for name, seed in itertools.product(args.models, args.seeds):
         config = MODELS.get(name, name)
         t0 = time.time()
-        records.append(bench(name, config, args))
-        print(f'{name}: {time.time() - t0:.0f} s', flush=True)
+        records.append(bench(name, config, args, seed))
+        print(f'{name} (seed {seed}): {time.time() - t0:.0f} s', flush=True)
     write_results(args, table(records), records)
     return 0
 

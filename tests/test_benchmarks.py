@@ -1,5 +1,5 @@
-"""Short runs of benchmarks/channels.py and benchmarks/speed.py (the table and JSON
-they write; the timings themselves are not checked)."""
+"""Short runs of benchmarks/channels.py, speed.py, allocation.py and stages.py (the
+tables and JSON they write; the timings themselves are not checked)."""
 import json
 import os
 import re
@@ -10,6 +10,7 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 
+import allocation  # noqa: E402
 import channels  # noqa: E402
 import speed  # noqa: E402
 
@@ -98,3 +99,22 @@ def test_stages_table_sums_layers_by_part(tmp_path, capsys):
     assert all(o['dense_calls'] == o['pruned_calls'] > 0 for o in record['ops'])
     printed = capsys.readouterr().out
     assert '| backbone |' in printed and '| aten::' in printed
+
+
+def test_allocation_round_tos_over_seeds(tmp_path, capsys):
+    out = tmp_path / 'allocation.json'
+    assert allocation.main(['--models', os.path.join(ROOT, 'configs/tiny/retinanet_r18_tiny.py'),
+                            '--shape', '64', '96', '--reps', '1', '--runs', '1',
+                            '--allocations', 'uniform', '--round-tos', '8', '16',
+                            '--seeds', '0', '1', '--malloc', 'default', '--out', str(out)]) == 0
+    records = json.loads(out.read_text())['records']
+    assert [r['seed'] for r in records] == [0, 1]
+    for r in records:
+        assert set(r['variants']) == {'uniform', 'uniform rt16'}
+        assert r['variants']['uniform rt16']['kwargs'] == {'round_to': 16}
+    # different inits prune to different structures (the reason for --seeds)
+    assert records[0]['variants']['uniform']['flops_ratio'] \
+        != records[1]['variants']['uniform']['flops_ratio']
+    printed = capsys.readouterr().out
+    assert 'retinanet_r18_tiny.py seed 1 | uniform rt16 |' in printed
+    assert re.search(r'retinanet_r18_tiny\.py \| uniform rt16 \| 2 \| [\d.]+ \|', printed)

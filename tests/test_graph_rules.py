@@ -69,6 +69,14 @@ def _cfg():
             train_cfg=dict(), test_cfg=dict(mode='whole'))))
 
 
+def _built(backbone: str):
+    """The toy segmentor with ``backbone``, built with seed 0."""
+    torch.manual_seed(0)
+    cfg = _cfg()
+    cfg.model.backbone = dict(type=backbone)
+    return mmprune.build_model(cfg)
+
+
 def test_quirky_patterns_prune_into_a_working_model():
     torch.manual_seed(0)
     model, cfg = mmprune.build_model(_cfg())
@@ -95,6 +103,11 @@ def test_quirky_patterns_prune_into_a_working_model():
                                        mode='loss'))
     loss.backward()
 
+    _assert_rebuilds(model, cfg, result, batch)
+
+
+def _assert_rebuilds(model, cfg, result, batch):
+    """The config plus the structure rebuild ``model``: same weights, same outputs."""
     rebuilt = build_pruned_model(copy.deepcopy(cfg.model), result.structure)
     rebuilt.load_state_dict(model.state_dict(), strict=True)
     model.eval()
@@ -142,10 +155,7 @@ class ChunkyNet(BaseModule):
 
 
 def test_chunks_flatten_ranges_and_weights_as_features():
-    torch.manual_seed(0)
-    cfg = _cfg()
-    cfg.model.backbone = dict(type='ChunkyNet')
-    model, cfg = mmprune.build_model(cfg)
+    model, cfg = _built('ChunkyNet')
     batch = make_batch(model, cfg, (64, 64))
     model.eval()
     with torch.no_grad():
@@ -194,10 +204,7 @@ def _kept_rows(dense: torch.Tensor, pruned: torch.Tensor) -> list:
 
 
 def test_attention_embedding_pruned_alike_in_every_head():
-    torch.manual_seed(0)
-    cfg = _cfg()
-    cfg.model.backbone = dict(type='AttentionNet')
-    model, cfg = mmprune.build_model(cfg)
+    model, cfg = _built('AttentionNet')
     dense_model = copy.deepcopy(model)
     batch = make_batch(model, cfg, (64, 64))
     model.eval()
@@ -214,12 +221,7 @@ def test_attention_embedding_pruned_alike_in_every_head():
     model.eval()
     with torch.no_grad():
         assert [o.shape for o in tensor_forward(model, batch)] == dense
-    rebuilt = build_pruned_model(copy.deepcopy(cfg.model), result.structure)
-    rebuilt.load_state_dict(model.state_dict(), strict=True)
-    rebuilt.eval()
-    with torch.no_grad():
-        for a, b in zip(tensor_forward(model, batch), tensor_forward(rebuilt, batch)):
-            assert torch.allclose(a, b, atol=1e-6)
+    _assert_rebuilds(model, cfg, result, batch)
 
 
 @SEG_MODELS.register_module(force=True)
@@ -241,10 +243,7 @@ class ReassembleNet(BaseModule):
 
 
 def test_reshape_to_a_width_from_elsewhere_is_pruned_again_with_it_kept():
-    torch.manual_seed(0)
-    cfg = _cfg()
-    cfg.model.backbone = dict(type='ReassembleNet')
-    model, cfg = mmprune.build_model(cfg)
+    model, cfg = _built('ReassembleNet')
     batch = make_batch(model, cfg, (64, 64))
     mmprune.prune(model, 0.5, cfg=cfg, input_shape=(64, 64))
     bb = model.backbone

@@ -1,7 +1,7 @@
 """Where the time goes: each part of a model, dense vs pruned, time against FLOPs.
 
     python benchmarks/stages.py [MODEL] [--target 0.5] [--allocation uniform|latency]
-                                [--depth 2] [--shape 512 512] [--rounds 3]
+                                [--round-to 8] [--depth 2] [--shape 512 512] [--rounds 3]
                                 [--ops N] [--malloc steady|default] [--out FILE.json]
 
 MODEL: a name from ``benchmarks/speed.py`` (default ``faster_rcnn_r50``) or a
@@ -127,6 +127,7 @@ def main(argv=None) -> int:
                    help=f'a name from {list(MODELS)} or a config path')
     p.add_argument('--target', type=float, default=0.5, help='target_flops of the prune')
     p.add_argument('--allocation', choices=['uniform', 'latency'], default='uniform')
+    p.add_argument('--round-to', type=int, default=8, help='round_to of the prune')
     p.add_argument('--depth', type=int, default=2, help='name parts a row sums over')
     p.add_argument('--shape', type=int, nargs=2, default=(512, 512))
     p.add_argument('--rounds', type=int, default=3)
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
     batch = make_batch(dense, cfg, tuple(args.shape))
     pruned = copy.deepcopy(dense)
     res = mmprune.prune(pruned, cfg=cfg, target_flops=args.target, input_shape=tuple(args.shape),
-                        allocation=args.allocation)
+                        allocation=args.allocation, round_to=args.round_to)
     pruned.eval()
     a, b = profile(dense, batch, args.rounds), profile(pruned, batch, args.rounds)
     rows = parts(a, b, args.depth)

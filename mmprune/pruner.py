@@ -59,6 +59,13 @@ FAST_COUNTS = True
 #: channels at 1/4 scale, and the FLOPs search took the difference from the stem and
 #: first stages (16 -> 6 channels): CamVid Semantic FPN lost 4 mIoU (configs/README.md).
 FAST_COUNTS_FROM = 128
+#: ... and layers at least this wide (before the prune) keep whole 16-channel blocks:
+#: their counts are multiples of ``lcm(round_to, 16)``, the block oneDNN's convolutions
+#: work in on AVX-512 CPUs. With it the five ResNet-50 models of ``benchmarks/speed.py``
+#: ran more efficient at 50 % FLOPs (README "Channel counts"); ``round_to=16`` on every
+#: layer did too, but cost the three MobileNetV2 recipes accuracy (a 32-channel layer
+#: could keep only 16 or 32 channels). None: off.
+BLOCKS_FROM: Optional[int] = 128
 #: values of ``allocation``: the same ratio for every group, or ratios weighted by
 #: each group's measured time per FLOP (:mod:`mmprune.latency`)
 ALLOCATIONS = ('uniform', 'latency')
@@ -320,7 +327,8 @@ def prune(model: Union[nn.Module, str, Any],
         max_pruning_ratio: cap on any layer's ratio under global pruning.
         round_to: keep channel counts multiples of this (the nearest one,
             at least ``round_to``, preferring counts that convolutions run fast
-            at, see :data:`FAST_COUNTS`; layers narrower than
+            at, see :data:`FAST_COUNTS`; layers of :data:`BLOCKS_FROM` channels
+            or more keep multiples of 16; layers narrower than
             ``2 * round_to`` keep the exact count). Defaults to
             :data:`DEFAULT_ROUND_TO` (8); ``None`` or 1 keeps exact counts.
         iterative_steps: prune in this many steps, re-scoring in between.
@@ -818,6 +826,8 @@ def _round_channels(n_pruned: int, current: int, round_to: int, groups: int = 1,
     channel groups (GroupNorm, grouped convolutions) ``n_pruned`` is per group.
     """
     groups = max(groups, 1)
+    if FAST_COUNTS and BLOCKS_FROM is not None and current >= BLOCKS_FROM:
+        round_to = math.lcm(round_to, 16)
     size = current // groups
     unit = round_to // math.gcd(round_to, groups)  # per-group multiple
     if size < 2 * unit:

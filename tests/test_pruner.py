@@ -163,14 +163,19 @@ def test_round_channels_prefers_fast_counts(monkeypatch):
     def kept(size, want, **kwargs):
         return size - _round_channels(size - want, size, 8, **kwargs)
 
-    assert kept(512, 360) == 352  # 23 blocks of 16 -> 22: the nearest multiple of 32
-    assert kept(256, 133) == 128  # not 136
+    # layers of BLOCKS_FROM (128) channels and more keep whole 16-channel blocks
+    assert kept(512, 360) == 384  # 360 = 22.5 blocks; 23 is prime; 384 = 24 blocks, 6 x 64
+    assert kept(256, 133) == 128  # not 136 or 144
     assert kept(256, 184) == 192
-    assert kept(256, 170) == 160  # 168 and 176 make 11 blocks; 160 is a multiple of 32
+    assert kept(256, 170) == 160  # 176 makes 11 blocks (prime)
     assert kept(64, 43) == 40  # narrower than FAST_COUNTS_FROM: the nearest multiple (not 48)
-    assert kept(2048, 1448) == 1440
+    assert kept(2048, 1448) == 1472  # 23 x 64
     assert kept(64, 48) == 48 and kept(32, 24) == 24  # 1/8 of a narrow count: no other choice
-    assert kept(256, 184, down=True) == 184  # global ranking: never above the count asked for
+    assert kept(256, 184, down=True) == 176  # global ranking: never above the count asked for
+    monkeypatch.setattr(pruner, 'BLOCKS_FROM', None)  # multiples of 8 everywhere
+    assert kept(512, 360) == 352  # 23 blocks of 16 -> 22: the nearest multiple of 32
+    assert kept(2048, 1448) == 1440
+    assert kept(256, 184, down=True) == 184
     # GroupNorm, 16 groups of 16, 11 asked for per group: the total decides (11 x 16 makes
     # 11 blocks; 12 x 16 = 192 is a multiple of 4 per group)
     assert _round_channels(5, 256, 8, groups=16) == 4

@@ -46,7 +46,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from speed import (MODELS, add_malloc_option, apply_malloc,  # noqa: E402  (benchmarks/speed.py)
+from speed import (MODELS, add_run_options, apply_malloc,  # noqa: E402  (benchmarks/speed.py)
                    write_results)
 from test import interleaved_ms  # noqa: E402  (tools/test.py)
 
@@ -140,9 +140,7 @@ def main(argv=None) -> int:
                    help='round_to values; the first gives the plain keys')
     p.add_argument('--seeds', type=int, nargs='+', default=[0],
                    help='random inits per model (torch.manual_seed before building it)')
-    add_malloc_option(p)
-    p.add_argument('--out', default=os.path.join(
-        ROOT, 'benchmarks', 'results', f'allocation_{time.strftime("%Y-%m-%d")}.json'))
+    add_run_options(p, 'allocation')
     args = p.parse_args(argv)
     apply_malloc(args)
     records = []

@@ -276,9 +276,7 @@ def main(argv=None) -> int:
                    help="prune(allocation=...): the first (default: uniform, the library's "
                         "default) gives the plain rows, the others rows marked with their name")
     p.add_argument('--no-onnx', dest='onnx', action='store_false')
-    add_malloc_option(p)
-    p.add_argument('--out', default=os.path.join(
-        ROOT, 'benchmarks', 'results', f'speed_{time.strftime("%Y-%m-%d")}.json'))
+    add_run_options(p, 'speed')
     args = p.parse_args(argv)
     args.round_tos = [r or None for r in args.round_tos]
     args.round_to = args.round_tos[0]  # the prune-time comparison uses the first
@@ -299,11 +297,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def add_malloc_option(parser) -> None:
+def add_run_options(parser, out_stem: str) -> None:
+    """``--malloc`` and ``--out`` (``benchmarks/results/<out_stem>_<date>.json``)."""
     parser.add_argument('--malloc', choices=['steady', 'default'], default='steady',
                         help='steady (default): glibc malloc keeps and reuses its pages '
                              '(steady_malloc), so timings do not depend on tensor sizes crossing '
                              'its mmap threshold or on the models run before; default: as is')
+    parser.add_argument('--out', default=os.path.join(
+        ROOT, 'benchmarks', 'results', f'{out_stem}_{time.strftime("%Y-%m-%d")}.json'))
 
 
 def apply_malloc(args) -> None:

@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from speed import MODELS, add_malloc_option, apply_malloc, write_results  # noqa: E402
+from speed import MODELS, add_run_options, apply_malloc, write_results  # noqa: E402
 
 
 def profile(model, batch, rounds: int):
@@ -134,9 +134,7 @@ def main(argv=None) -> int:
     p.add_argument('--top', type=int, default=30, help='rows printed (all go to the JSON)')
     p.add_argument('--ops', type=int, default=0, metavar='N',
                    help='also the N slowest profiler operators, dense vs pruned')
-    add_malloc_option(p)
-    p.add_argument('--out', default=os.path.join(
-        ROOT, 'benchmarks', 'results', f'stages_{time.strftime("%Y-%m-%d")}.json'))
+    add_run_options(p, 'stages')
     args = p.parse_args(argv)
     apply_malloc(args)
     import torch

@@ -26,8 +26,8 @@ from mmengine.logging import print_log
 from .custom_layers import customized_pruners_for
 from .flops import (FlopsCounter, count_flops_params, layer_flops,  # noqa: F401 (re-exported)
                     recording)
-from .graph import (CONCAT_LAYOUT, TOKEN_MAPS, find_output_layers, follow_input_channels, make_batch,
-                    tensor_forward, tracing_state)
+from .graph import (CONCAT_LAYOUT, TOKEN_MAPS, find_output_layers, follow_input_channels,
+                    make_batch, tensor_forward, tracing_state)
 from .importance import (DEFAULT_IMPORTANCE, GRADIENT_IMPORTANCES, PER_SAMPLE_IMPORTANCES,
                          build_importance, importance_name)
 from .latency import group_weights, layer_times
@@ -822,7 +822,8 @@ def _round_channels(n_pruned: int, current: int, round_to: int, groups: int = 1,
     count goes to a multiple near the count asked for (below it under global
     ranking, where small per-layer counts would otherwise round to nothing), never
     below one multiple, and layers narrower than two multiples keep the exact count.
-    Which multiple: :data:`FAST_COUNTS` (the nearest one when it is off). With ``groups``
+    Which multiple: :data:`FAST_COUNTS` (the nearest one when it is off); with it, a
+    layer of :data:`BLOCKS_FROM` channels or more keeps whole 16-channel blocks. With ``groups``
     channel groups (GroupNorm, grouped convolutions) ``n_pruned`` is per group.
     """
     groups = max(groups, 1)

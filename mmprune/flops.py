@@ -100,10 +100,13 @@ def recording(model: nn.Module) -> Iterator[Record]:
             h.remove()
 
 
-def record_shapes(model: nn.Module, batch: Dict[str, Any]) -> Record:
-    """Run the tensor-mode forward once, recording each counted layer's shapes."""
+def record_shapes(model: nn.Module, batch: Dict[str, Any],
+                  forward: Callable = tensor_forward) -> Record:
+    """Run ``forward`` (the pruner's widened tensor-mode forward, or
+    :func:`mmprune.graph.inference_forward`) once, recording each counted layer's
+    shapes."""
     with recording(model) as record, torch.no_grad():
-        tensor_forward(model, batch)
+        forward(model, batch)
     return record
 
 
@@ -142,9 +145,12 @@ def _images(batch: Dict[str, Any]) -> int:
     return inputs.shape[0] if isinstance(inputs, torch.Tensor) else len(inputs)
 
 
-def count_flops_params(model: nn.Module, batch: Dict[str, Any]) -> Tuple[int, int]:
-    """(MACs per image, params) of the widened tensor-mode forward on ``batch``."""
-    flops = flops_of(model, record_shapes(model, batch), _images(batch))
+def count_flops_params(model: nn.Module, batch: Dict[str, Any],
+                       forward: Callable = tensor_forward) -> Tuple[int, int]:
+    """(MACs per image, params) of ``forward`` on ``batch`` (by default the widened
+    tensor-mode forward the pruner counts; :func:`mmprune.graph.inference_forward` for
+    what a deployed model runs)."""
+    flops = flops_of(model, record_shapes(model, batch, forward), _images(batch))
     return flops, sum(p.numel() for p in model.parameters())
 
 

@@ -284,6 +284,58 @@ def _detached_output(module, inputs, output):
     return output.detach()
 
 
+class _Patches:
+    """Attributes set on objects for one forward, put back by :meth:`restore`."""
+
+    def __init__(self) -> None:
+        self.saved: List[Tuple[Any, str, Any]] = []
+
+    def __call__(self, obj, name: str, fn) -> None:
+        self.saved.append((obj, name, obj.__dict__.get(name, None)))
+        setattr(obj, name, fn)
+
+    def restore(self) -> None:
+        for obj, name, old in reversed(self.saved):
+            if old is None:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, old)
+        self.saved.clear()
+
+
+def _two_stage_rpn(model: nn.Module) -> Optional[nn.Module]:
+    """The RPN of a two-stage detector (a dense head feeding a RoI head), else None."""
+    rpn_head = getattr(model, 'rpn_head', None)
+    try:
+        from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+    except ImportError:  # pragma: no cover
+        BaseDenseHead = ()
+    if rpn_head is not None and getattr(model, 'roi_head', None) is not None \
+            and isinstance(rpn_head, BaseDenseHead):
+        return rpn_head
+    return None
+
+
+def _host_quirks(model: nn.Module, batch: Dict[str, Any], patch: _Patches) -> None:
+    """Make the host's tensor mode run the inference graph where it does not."""
+    head = getattr(model, 'decode_head', None)
+    if isinstance(head, nn.Module) and 'batch_data_samples' in _required_args(head.forward):
+        head_forward = head.forward  # MaskFormer-style heads need the samples in tensor mode
+
+        def forward_with_samples(x, *args, **kwargs):
+            if not args and not kwargs:
+                args = (batch['data_samples'],)
+            return head_forward(x, *args, **kwargs)
+
+        patch(head, 'forward', forward_with_samples)
+    if isinstance(head, nn.ModuleList) and hasattr(model, 'encode_decode'):
+        # cascade segmentors: the host's tensor mode feeds the last head (PointRend's
+        # point head) the wrong inputs; its inference path is the real graph
+        metas = [s.metainfo for s in batch['data_samples']]
+        patch(model, '_forward', lambda inputs, data_samples=None:
+              model.encode_decode(inputs, metas))
+
+
 def tensor_forward(model: nn.Module, batch: Dict[str, Any],
                    kept: Optional[List[Any]] = None) -> List[torch.Tensor]:
     """Run the host ``mode='tensor'`` forward, widened to every weighted layer.
@@ -294,19 +346,9 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any],
     (see :class:`_TraceMode`).
     """
     extra: List[Any] = []
-    patches: List[Tuple[Any, str, Any]] = []
-
-    def patch(obj, name, fn):
-        patches.append((obj, name, obj.__dict__.get(name, None)))
-        setattr(obj, name, fn)
-
-    rpn_head = getattr(model, 'rpn_head', None)
-    try:
-        from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
-    except ImportError:  # pragma: no cover
-        BaseDenseHead = ()
-    if rpn_head is not None and getattr(model, 'roi_head', None) is not None \
-            and isinstance(rpn_head, BaseDenseHead):
+    patch = _Patches()
+    rpn_head = _two_stage_rpn(model)
+    if rpn_head is not None:
 
         host_predict = rpn_head.predict
 
@@ -340,22 +382,7 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any],
             return x
 
         patch(model, 'extract_feat', extract_and_aux)
-    head = getattr(model, 'decode_head', None)
-    if isinstance(head, nn.Module) and 'batch_data_samples' in _required_args(head.forward):
-        head_forward = head.forward  # MaskFormer-style heads need the samples in tensor mode
-
-        def forward_with_samples(x, *args, **kwargs):
-            if not args and not kwargs:
-                args = (batch['data_samples'],)
-            return head_forward(x, *args, **kwargs)
-
-        patch(head, 'forward', forward_with_samples)
-    if isinstance(head, nn.ModuleList) and hasattr(model, 'encode_decode'):
-        # cascade segmentors: the host's tensor mode feeds the last head (PointRend's
-        # point head) the wrong inputs; its inference path is the real graph
-        metas = [s.metainfo for s in batch['data_samples']]
-        patch(model, '_forward', lambda inputs, data_samples=None:
-              model.encode_decode(inputs, metas))
+    _host_quirks(model, batch, patch)
     # mmseg parts with training-only branches (DDRNet's and PIDNet's auxiliary outputs)
     # take them while tracing, so the layers feeding them are pruned consistently;
     # their children (norms, dropout) stay in eval mode
@@ -364,7 +391,7 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any],
         if hasattr(model, 'decode_head') and isinstance(module, nn.Module) \
                 and not module.training and _branches_on_training(type(module)):
             module.training = True
-            patches.append((module, 'training', False))
+            patch.saved.append((module, 'training', False))
     # RoIs are coordinates, not features: cascade heads compute a stage's RoIs from the
     # previous stage's box regression, which would couple box deltas with feature channels
     try:
@@ -423,12 +450,66 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any],
             kept.extend(mode.grad_fns)
         for h in handles:
             h.remove()
-        for obj, name, old in reversed(patches):
-            if old is None:
-                delattr(obj, name)
-            else:
-                setattr(obj, name, old)
+        patch.restore()
     return _flatten_tensors([out, extra, mode.operands])
+
+
+#: proposals per image :func:`inference_forward` gives a RoI head whose RPN's
+#: ``test_cfg`` has no ``max_per_img``
+INFERENCE_PROPOSALS = 1000
+
+
+def inference_proposals(data_samples, num: int, device=None):
+    """``num`` boxes per image, the same on every call: sizes log-uniform from 16
+    pixels to the image's shorter side, aspect ratios 1:2 to 2:1, centres uniform
+    (seed 0), clipped to the image. They spread over the FPN levels as real
+    proposals do, and give a dense and a pruned model with random weights the same
+    RoI-head work (their own RPNs would propose different boxes)."""
+    from mmengine.structures import InstanceData
+    gen = torch.Generator().manual_seed(0)
+    proposals = []
+    for sample in data_samples:
+        h, w = sample.metainfo.get('img_shape', sample.metainfo.get('batch_input_shape'))
+        r = torch.rand(num, 4, generator=gen)
+        scale = 16 * (max(min(h, w), 16) / 16) ** r[:, 0]
+        aspect = (2 ** (2 * r[:, 1] - 1)).sqrt()  # sqrt(height / width)
+        cx, cy, half_w, half_h = r[:, 2] * w, r[:, 3] * h, scale / aspect / 2, scale * aspect / 2
+        boxes = torch.stack([(cx - half_w).clamp(0, w), (cy - half_h).clamp(0, h),
+                             (cx + half_w).clamp(0, w), (cy + half_h).clamp(0, h)], 1)
+        proposals.append(InstanceData(bboxes=boxes.to(device), scores=torch.linspace(
+            1, 0, num, device=device), labels=torch.zeros(num, dtype=torch.long, device=device)))
+    return proposals
+
+
+def inference_forward(model: nn.Module, batch: Dict[str, Any]) -> List[torch.Tensor]:
+    """The forward a deployed model runs: the host's own ``mode='tensor'``.
+
+    Unlike :func:`tensor_forward` (the pruner's graph) it leaves out auxiliary heads
+    and training-only branches. A two-stage detector's RPN predicts (decoding and NMS
+    included), then its RoI head gets :func:`inference_proposals`, as many as the RPN's
+    ``test_cfg.max_per_img`` (1000 in mmdet's R-CNN configs), so latency and FLOPs
+    count a full RoI head, the same for every model compared. This is the forward
+    the benchmarks and ``tools/test.py`` time.
+    """
+    patch = _Patches()
+    rpn_head = _two_stage_rpn(model)
+    if rpn_head is not None:
+        host_predict = rpn_head.predict
+        cfg = getattr(rpn_head, 'test_cfg', None) or {}
+        num = cfg.get('max_per_img', INFERENCE_PROPOSALS) if hasattr(cfg, 'get') \
+            else INFERENCE_PROPOSALS
+
+        def rpn_predict(x, data_samples, rescale=False, **kwargs):
+            host_predict(x, data_samples, rescale=False, **kwargs)  # its time counts
+            return inference_proposals(data_samples, num, _first_tensor(x).device)
+
+        patch(rpn_head, 'predict', rpn_predict)
+    _host_quirks(model, batch, patch)
+    try:
+        out = model(batch['inputs'], batch['data_samples'], mode='tensor')
+    finally:
+        patch.restore()
+    return _flatten_tensors(out)
 
 
 def _registered_types() -> tuple:

@@ -42,12 +42,13 @@ def _storage(t: Optional[torch.Tensor]) -> Optional[int]:
         return None
 
 
-def layer_times(model: nn.Module, batch: Dict[str, Any],
-                runs: int = 2) -> Tuple[Dict[str, float], Dict[str, float]]:
+def layer_times(model: nn.Module, batch: Dict[str, Any], runs: int = 2,
+                forward=tensor_forward) -> Tuple[Dict[str, float], Dict[str, float]]:
     """Seconds per forward of each layer with weights: ``(own, after)``, its own
     time and that of the weightless leaf modules that read its output (directly
-    or through other weightless ones). The fastest of ``runs`` timed forwards,
-    after one warm-up.
+    or through other weightless ones). The fastest of ``runs`` timed forwards
+    (``forward(model, batch)``: the pruner's graph by default, whose FLOPs
+    ``allocation='latency'`` weighs them with), after one warm-up.
     """
     owners = {n for n, m in model.named_modules()
               if any(True for _ in m.parameters(recurse=False))}
@@ -94,7 +95,7 @@ def layer_times(model: nn.Module, batch: Dict[str, Any],
             for i in range(runs + 1):
                 own.clear()
                 after.clear()
-                tensor_forward(model, batch)
+                forward(model, batch)
                 written.clear()
                 if i == 1:
                     best = (dict(own), dict(after))

@@ -25,9 +25,9 @@ from mmengine.logging import print_log
 
 from .custom_layers import customized_pruners_for
 from .flops import (FlopsCounter, count_flops_params, layer_flops,  # noqa: F401 (re-exported)
-                    recording)
+                    record_shapes, recording)
 from .graph import (CONCAT_LAYOUT, TOKEN_MAPS, find_output_layers, follow_input_channels,
-                    make_batch, tensor_forward, tracing_state)
+                    inference_forward, make_batch, tensor_forward, tracing_state)
 from .importance import (DEFAULT_IMPORTANCE, GRADIENT_IMPORTANCES, PER_SAMPLE_IMPORTANCES,
                          build_importance, importance_name)
 from .latency import group_weights, layer_times
@@ -99,14 +99,14 @@ class PruneResult:
 
 class _TensorForward(nn.Module):
     """Lets a module-level counter (mmengine's, in tools/analyze.py) run
-    :func:`tensor_forward`."""
+    :func:`tensor_forward`, or another such forward."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, forward=tensor_forward) -> None:
         super().__init__()
-        self.model = model
+        self.model, self._forward = model, forward
 
     def forward(self, batch):
-        return tensor_forward(self.model, batch)
+        return self._forward(self.model, batch)
 
 
 def _check_ratio(name: str, value: Any) -> float:
@@ -418,7 +418,10 @@ def prune(model: Union[nn.Module, str, Any],
             _check_prunable(ratio_matches, keep)
             counter = FlopsCounter(model, batch, small, small_record)
             flops0, params0 = counter.dense, sum(p.numel() for p in model.parameters())
-            latency = _Latency(layer_times(model, batch), layer_flops(model, counter.full)) \
+            # time per FLOP of what a deployed model runs (a two-stage detector's RoI
+            # align and head on 1000 proposals, no auxiliary heads), both on that forward
+            latency = _Latency(layer_times(model, batch, forward=inference_forward),
+                               layer_flops(model, record_shapes(model, batch, inference_forward))) \
                 if allocation == 'latency' else None
 
             def run(ratio: float, refine: bool = False, exact: bool = False) -> int:

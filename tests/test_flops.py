@@ -79,3 +79,48 @@ def test_recount_runs_the_full_forward_when_shapes_do_not_transfer():
     name = next(iter(counter.small_dense))
     counter.small_dense[name] = counter.small_dense[name] * 2  # as if it ran twice
     assert counter.count(model) == counter.dense and counter.full_forwards == 1
+
+
+def test_inference_forward_is_the_deployed_graph():
+    """Benchmarks and tools time and count what a deployed model runs: a two-stage
+    detector's RPN predicts for real, then its RoI head sees as many (fixed, spread
+    over the FPN levels) proposals as test_cfg.rpn.max_per_img; the pruner's graph
+    sees 4. The patches are undone after the call."""
+    from mmprune.graph import inference_forward, inference_proposals
+    model, cfg = mmprune.build_model(tiny('mask_rcnn_r18_tiny'))
+    model.eval()
+    batch = make_batch(model, cfg, (128, 128))
+    num = model.rpn_head.test_cfg['max_per_img']
+    calls = []
+    host = model.rpn_head.predict
+    model.rpn_head.predict = lambda *a, **k: calls.append(1) or host(*a, **k)
+    with torch.no_grad():
+        boxes, scores, masks = inference_forward(model, batch)
+    assert calls == [1]  # the real RPN (decoding, NMS) ran and its time counts
+    assert boxes.shape[0] == scores.shape[0] == num and masks.shape[0] == min(num, 100)
+    assert model.rpn_head.predict.__name__ == '<lambda>'  # ours, put back as it was
+    del model.rpn_head.predict
+    assert count_flops_params(model, batch, inference_forward)[0] > \
+        count_flops_params(model, batch)[0]  # 1000 RoIs through the heads against 4
+    samples = make_batch(model, cfg, (512, 512))['data_samples']  # boxes up to 512 pixels
+    first = inference_proposals(samples, num)[0].bboxes
+    assert torch.equal(first, inference_proposals(samples, num)[0].bboxes)
+    assert first.min() >= 0 and first[:, 2:].max() <= 512
+    from mmdet.structures.bbox import bbox2roi
+    levels = model.roi_head.bbox_roi_extractor.map_roi_levels(bbox2roi([first]), 4)
+    assert set(levels.tolist()) == {0, 1, 2, 3}  # every FPN level gets RoIs
+
+
+def test_inference_forward_leaves_out_auxiliary_heads():
+    from mmprune.graph import inference_forward
+    model, cfg = mmprune.build_model(tiny('pspnet_r18_tiny'))
+    model.eval()
+    assert model.with_auxiliary_head
+    batch = make_batch(model, cfg, (128, 128))
+    with torch.no_grad():
+        out = inference_forward(model, batch)
+        host = model(batch['inputs'], batch['data_samples'], mode='tensor')
+        assert len(out) == 1 and torch.equal(out[0], host)
+        assert len(tensor_forward(model, batch)) == 2  # the pruner's graph: both heads
+    assert count_flops_params(model, batch, inference_forward)[0] < \
+        count_flops_params(model, batch)[0]

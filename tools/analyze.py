@@ -4,11 +4,14 @@
 
 For a pruned config (``mmprune.PrunedModel``) the dense model it came from is
 built too, and every pruned layer is listed with its channels dense -> pruned.
-FLOPs are torch-pruning's count of multiply-accumulates of the tensor-mode
-forward (the same counter ``prune()`` uses for ``target_flops``); mmengine's
-``get_model_complexity_info`` is printed beside it for reference (it skips
-operations it has no handler for, so it can read lower on attention models).
-Latency is the median CPU time of that forward at batch 1.
+FLOPs are torch-pruning's count of multiply-accumulates (the counter ``prune()``
+uses) of the forward a deployed model runs (:func:`mmprune.graph.inference_forward`:
+the host's ``mode='tensor'``, no auxiliary heads, 1000 proposals through a
+two-stage RoI head); where the graph ``prune()`` traces for ``target_flops``
+(auxiliary heads included, 4 proposals) counts differently, that count is printed
+too. mmengine's ``get_model_complexity_info`` of the same forward is printed beside
+it for reference (it skips operations it has no handler for, so it can read lower
+on attention models). Latency is the median CPU time of that forward at batch 1.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import torch  # noqa: E402
 
 import mmprune  # noqa: E402
 from mmprune.apis import is_pruned_config, load_config  # noqa: E402
-from mmprune.graph import make_batch  # noqa: E402
+from mmprune.graph import inference_forward, make_batch  # noqa: E402
 from mmprune.pruner import count_flops_params  # noqa: E402
 from mmprune.structure import kept_channels  # noqa: E402
 
@@ -60,7 +63,7 @@ def mmengine_flops(model, batch):
         from mmengine.analysis import get_model_complexity_info
 
         from mmprune.pruner import _TensorForward
-        info = get_model_complexity_info(_TensorForward(model), inputs=(batch,),
+        info = get_model_complexity_info(_TensorForward(model, inference_forward), inputs=(batch,),
                                          show_table=False, show_arch=False)
         return int(info['flops'])
     except Exception:  # noqa: BLE001 - a reference figure only
@@ -70,8 +73,9 @@ def mmengine_flops(model, batch):
 def measure(model, cfg, shape, runs):
     batch = make_batch(model, cfg, shape)
     model.eval()
-    flops, params = count_flops_params(model, batch)
-    return dict(params=params, flops=flops, mmengine_flops=mmengine_flops(model, batch),
+    flops, params = count_flops_params(model, batch, inference_forward)
+    return dict(params=params, flops=flops, flops_traced=count_flops_params(model, batch)[0],
+                mmengine_flops=mmengine_flops(model, batch),
                 cpu_latency_ms=round(latency_ms(model, batch, runs), 2),
                 input_shape=list(batch['inputs'].shape[-2:]))
 
@@ -98,8 +102,11 @@ def main(argv=None) -> dict:
 
     m = report['model']
     print(f'{"":14s}{"model":>14s}' + (f'{"dense":>14s}{"ratio":>9s}' if 'dense' in report else ''))
-    for key, unit, scale in (('params', 'M', 1e6), ('flops', 'G', 1e9),
-                             ('cpu_latency_ms', 'ms', 1)):
+    keys = [('params', 'M', 1e6), ('flops', 'G', 1e9), ('cpu_latency_ms', 'ms', 1)]
+    if m['flops_traced'] != m['flops'] or report.get('dense', m)['flops_traced'] != \
+            report.get('dense', m)['flops']:
+        keys.insert(2, ('flops_traced', 'G', 1e9))  # what target_flops counted
+    for key, unit, scale in keys:
         line = f'{key:14s}{m[key] / scale:>12.3f}{unit:2s}'
         if 'dense' in report:
             d = report['dense'][key]
@@ -107,8 +114,9 @@ def main(argv=None) -> dict:
         print(line)
     if m['mmengine_flops'] is not None:
         print(f'(mmengine counter: {m["mmengine_flops"] / 1e9:.3f}G for the model)')
-    print(f'FLOPs: MACs at {"x".join(map(str, m["input_shape"]))}, per image, mmprune.flops; '
-          f'latency: median CPU forward, batch 1')
+    print(f'FLOPs: MACs at {"x".join(map(str, m["input_shape"]))}, per image, mmprune.flops, '
+          f'of the inference forward (flops_traced: of the graph target_flops counts); '
+          f'latency: median CPU inference forward, batch 1')
     if rows:
         shown = rows if args.layers == 0 else rows[:args.layers]
         width = max(len(r[0]) for r in shown)

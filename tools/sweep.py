@@ -114,7 +114,7 @@ def finish(rows: list, args) -> dict:
     shape_txt = 'x'.join(map(str, dense['input_shape']))
     finetune_iters = max((r.get('finetune_iters') or 0 for r in rows), default=0)
     lines.append(f'\n{args.importance} importance; finetune {finetune_iters} iterations per '
-                 f'size; FLOPs = MACs at {shape_txt}; CPU latency = median tensor-mode forward, batch 1, '
+                 f'size; FLOPs = MACs at {shape_txt}; CPU latency = median inference forward, batch 1, '
                  f'all sizes interleaved in one process ({args.latency_runs} runs).')
     text = '\n'.join(lines)
     print('\n' + text)

@@ -7,8 +7,8 @@ The metric is the config's own ``test_evaluator`` (VOC or COCO mAP for mmdet,
 ``IoUMetric`` for mmseg), computed by the host Runner's ``test()``, exactly as
 the host's packaged ``tools/test.py`` computes it. With ``--compare`` one
 table shows, per model: the metric and its delta, params, FLOPs (MACs of the
-tensor-mode forward at the test pipeline's size, torch-pruning's counter),
-median CPU latency of that forward (and GPU latency when a GPU is present;
+inference forward at the test pipeline's size, torch-pruning's counter; see
+``mmprune.graph.inference_forward``), median CPU latency of that forward (and GPU latency when a GPU is present;
 glibc malloc set to reuse its pages first, ``mmprune.latency.steady_malloc``,
 as in the benchmarks), and the checkpoint's size on disk. A JSON summary goes to the work dir.
 """
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from mmprune.apis import build_model, load_config  # noqa: E402
 from mmprune.checkpoint import atomic_write  # noqa: E402
-from mmprune.graph import make_batch, tensor_forward  # noqa: E402
+from mmprune.graph import inference_forward, make_batch  # noqa: E402
 from mmprune.latency import steady_malloc  # noqa: E402
 
 
@@ -88,7 +88,7 @@ def side_by_side_latency(rows: list, args) -> None:
     for device in devices:
         b = dict(inputs=batch['inputs'].to(device), data_samples=batch['data_samples'])
         with torch.no_grad():
-            ms = interleaved_ms({t: (lambda m=m.to(device): tensor_forward(m, b))
+            ms = interleaved_ms({t: (lambda m=m.to(device): inference_forward(m, b))
                                  for t, m in models.items()}, args.latency_runs,
                                 torch.cuda.synchronize if device == 'cuda' else None)
         for r in rows:
@@ -100,13 +100,13 @@ def side_by_side_latency(rows: list, args) -> None:
 
 
 def latency_ms(model, batch, runs: int, device: str = 'cpu') -> float:
-    """Median wall time of the tensor-mode forward at batch 1 on ``device``
+    """Median wall time of the inference forward at batch 1 on ``device``
     (glibc malloc reusing its pages, as in :func:`side_by_side_latency`)."""
     steady_malloc()
     model = model.to(device).eval()
     batch = dict(inputs=batch['inputs'].to(device), data_samples=batch['data_samples'])
     with torch.no_grad():
-        ms = median_ms(lambda: tensor_forward(model, batch), runs,
+        ms = median_ms(lambda: inference_forward(model, batch), runs,
                        torch.cuda.synchronize if device != 'cpu' else None)
     model.to('cpu')
     return ms
@@ -123,7 +123,7 @@ def evaluate(config: str, checkpoint: str, args, tag: str) -> dict:
     from mmprune.pruner import count_flops_params
     batch = make_batch(model, cfg)
     model.eval()
-    flops, params = count_flops_params(model, batch)
+    flops, params = count_flops_params(model, batch, inference_forward)
     cpu = latency_ms(model, batch, args.latency_runs)
     gpu = latency_ms(model, batch, args.latency_runs, 'cuda') if torch.cuda.is_available() else None
     cfg.load_from = checkpoint
@@ -159,7 +159,7 @@ def table(rows: list) -> str:
                      f'{r["size_mb"]:>9.2f}')
     shape = 'x'.join(map(str, rows[0]['input_shape']))
     how = ', models interleaved' if len(rows) > 1 else ''
-    lines.append(f'(FLOPs: MACs at {shape}, per image, mmprune.flops; latency: median tensor-mode '
+    lines.append(f'(FLOPs: MACs at {shape}, per image, mmprune.flops; latency: median inference '
                  f'forward, batch 1{how}; delta vs {base["tag"]})')
     return '\n'.join(lines)
 

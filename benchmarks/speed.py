@@ -20,10 +20,9 @@ and on GPU when one is present. glibc malloc is first made to reuse its pages
 (``--malloc steady``, :func:`steady_malloc`): with its defaults the dense models
 paid page faults that the pruned ones did not, by the order of the models.
 Efficiency = speed-up / (dense FLOPs / pruned FLOPs), both FLOPs counted on that
-same inference forward: 1.0 means the FLOPs saved turn fully into time saved.
-The FLOPs ``target_flops`` aims at are those of the graph the pruner traces
-(auxiliary heads included, 4 proposals), kept in the JSON as
-``flops_ratio_traced``.
+same inference forward (what ``target_flops`` aims at): 1.0 means the FLOPs
+saved turn fully into time saved. The counts of the pruner's traced graph
+(auxiliary heads included, 4 proposals) are kept in the JSON as ``flops_traced``.
 
 Also timed: ``mmprune.prune`` at a fixed ratio (0.5, l2: graph build, scoring,
 pruning, structure) against the same prune written by hand with raw
@@ -102,16 +101,17 @@ def bench_model(name: str, config: str, args) -> dict:
     import torch
 
     import mmprune
-    from mmprune.graph import inference_forward, make_batch
+    from mmprune.graph import inference_forward, make_batch, tensor_forward
     import mmprune.flops as flops_mod
     from mmprune.flops import count_flops_params
     shape = tuple(args.shape)
     dense, cfg = mmprune.build_model(config)
     dense.eval()
     batch = make_batch(dense, cfg, shape)
-    flops0, params0 = count_flops_params(dense, batch, inference_forward)
+    flops0, params0 = count_flops_params(dense, batch)
     rec = dict(model=name, config=config, shape=list(shape), dense=dict(
-        flops=flops0, params=params0, flops_traced=count_flops_params(dense, batch)[0]))
+        flops=flops0, params=params0,
+        flops_traced=count_flops_params(dense, batch, tensor_forward)[0]))
     # prune time: mmprune vs raw torch-pruning, both at ratio 0.5 from the dense model;
     # mmprune's own FLOPs counting (before and after, at the full input) is timed apart
     m = copy.deepcopy(dense)
@@ -155,12 +155,11 @@ def bench_model(name: str, config: str, args) -> dict:
             '' if fast == args.fast_counts[0] else f' fast-{fast}') + (
             '' if alloc == args.allocations[0] else f' {alloc}')
         variants[key] = m
-        prune_s = round(time.perf_counter() - t0, 2)
-        flops = count_flops_params(m, batch, inference_forward)[0]
-        rec['pruned'][key] = dict(flops=flops, params=res.params[1], flops_ratio=flops / flops0,
-                                  flops_ratio_traced=res.flops[1] / res.flops[0], round_to=rt,
-                                  fast_counts=fast, allocation=alloc,
-                                  prune_s=prune_s)
+        rec['pruned'][key] = dict(flops=res.flops[1], params=res.params[1],
+                                  flops_ratio=res.flops[1] / res.flops[0],
+                                  flops_traced=count_flops_params(m, batch, tensor_forward)[0],
+                                  round_to=rt, fast_counts=fast, allocation=alloc,
+                                  prune_s=round(time.perf_counter() - t0, 2))
     with torch.no_grad():
         eager = interleaved_ms({k: (lambda v=v: inference_forward(v, batch))
                                 for k, v in variants.items()}, args.runs)

@@ -1,4 +1,11 @@
-"""FLOPs (MACs) of the tensor-mode forward at the full example input.
+"""FLOPs (MACs) at the full example input of the forward a deployed model runs.
+
+What is counted is :func:`mmprune.graph.inference_forward`: the host's own
+``mode='tensor'`` forward, without auxiliary heads, and for a two-stage detector
+its RoI head on as many proposals as its RPN's ``test_cfg.max_per_img`` (1000 in
+mmdet's R-CNN configs), which is what ``target_flops`` aims at. Where the host's
+tensor mode fails, the pruner's widened graph (:func:`mmprune.graph.tensor_forward`)
+is counted instead, with a warning.
 
 Each layer's count is torch-pruning's own formula (``tp.utils.op_counter``),
 applied to the shapes the layer saw. Counting with torch-pruning's
@@ -8,7 +15,8 @@ number of keys (2), not its number of images.
 
 After pruning, :class:`FlopsCounter` re-counts at the full size without running
 the full-size forward: channel pruning leaves every spatial size as it was, so
-a forward at the small tracing size tells which tensor dimensions changed, and
+a forward of the pruner's graph at the small tracing size (which pruning runs
+anyway) tells which tensor dimensions changed, and
 those dimensions are put into the shapes recorded at the full size. When a
 changed dimension also depends on the input size (a flatten of channels with
 space) or the layers ran a different number of times, it runs the full-size
@@ -25,7 +33,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .graph import tensor_forward
+from mmengine.logging import print_log
+
+from .graph import inference_forward, tensor_forward
 
 Shapes = Any  # nested tuples of torch.Size / None, mirroring a layer's inputs or output
 Record = Dict[str, List[Tuple[Shapes, Shapes]]]  # layer name -> (inputs, output) per call
@@ -101,13 +111,59 @@ def recording(model: nn.Module) -> Iterator[Record]:
 
 
 def record_shapes(model: nn.Module, batch: Dict[str, Any],
-                  forward: Callable = tensor_forward) -> Record:
-    """Run ``forward`` (the pruner's widened tensor-mode forward, or
-    :func:`mmprune.graph.inference_forward`) once, recording each counted layer's
-    shapes."""
-    with recording(model) as record, torch.no_grad():
-        forward(model, batch)
+                  forward: Optional[Callable] = None) -> Record:
+    """Run ``forward`` once, recording each counted layer's shapes. None: the
+    inference forward, or the pruner's graph where the host's tensor mode fails
+    on the model (with a warning, once per model class)."""
+    if forward is None:
+        try:
+            return _record(model, batch, inference_forward)
+        except Exception as e:  # noqa: BLE001 - the host's tensor mode, any failure
+            cls = type(model)
+            if cls not in _TENSOR_MODE_FAILS:
+                _TENSOR_MODE_FAILS.add(cls)
+                print_log(f'[mmprune] {cls.__name__}: FLOPs are counted on the pruned graph '
+                          f'(auxiliary heads included, 4 proposals) because the host\'s '
+                          f'mode="tensor" forward fails: {type(e).__name__}: {str(e)[:200]}',
+                          logger='current', level=30)
+            forward = tensor_forward
+    return _record(model, batch, forward)
+
+
+#: RoI feature extractors: no FLOPs formula, and their outputs' shapes do not depend
+#: on their values, so a count runs them as zeros of that shape (on 1000 proposals
+#: mmcv's CPU RoIAlign takes half of a Faster R-CNN forward)
+ROI_LAYERS = ('RoIAlign', 'RoIPool')
+
+
+def _record(model: nn.Module, batch: Dict[str, Any], forward: Callable) -> Record:
+    from torch.nn.modules.utils import _pair
+    patched = []
+
+    def zeros(module):
+        def forward(input, rois, *args, **kwargs):
+            return input.new_zeros(rois.shape[0], input.shape[1], *_pair(module.output_size))
+        return forward
+
+    for m in model.modules():
+        if type(m).__name__ in ROI_LAYERS and hasattr(m, 'output_size'):
+            m.forward = zeros(m)
+            patched.append(m)
+    try:
+        with recording(model) as record, torch.no_grad():
+            forward(model, batch)
+    finally:
+        for m in patched:
+            del m.forward
     return record
+
+
+_TENSOR_MODE_FAILS: set = set()  # model classes already warned about
+
+
+def counted_forward(model: nn.Module) -> Callable:
+    """The forward :func:`record_shapes` counts for ``model`` by default."""
+    return tensor_forward if type(model) in _TENSOR_MODE_FAILS else inference_forward
 
 
 class _Counter:
@@ -146,10 +202,9 @@ def _images(batch: Dict[str, Any]) -> int:
 
 
 def count_flops_params(model: nn.Module, batch: Dict[str, Any],
-                       forward: Callable = tensor_forward) -> Tuple[int, int]:
-    """(MACs per image, params) of ``forward`` on ``batch`` (by default the widened
-    tensor-mode forward the pruner counts; :func:`mmprune.graph.inference_forward` for
-    what a deployed model runs)."""
+                       forward: Optional[Callable] = None) -> Tuple[int, int]:
+    """(MACs per image, params) of ``forward`` on ``batch``; by default the forward a
+    deployed model runs (see :func:`record_shapes`)."""
     flops = flops_of(model, record_shapes(model, batch, forward), _images(batch))
     return flops, sum(p.numel() for p in model.parameters())
 
@@ -182,10 +237,12 @@ class FlopsCounter:
     Args:
         model: the dense model.
         batch: the full-size example batch the FLOPs are counted at.
-        small: a batch at the small tracing size; re-counts then run the
-            forward at this size (see the module docstring). None: full size.
-        small_record: the dense model's shapes at ``small``, when a forward
-            already recorded them (:func:`recording`).
+        small: a batch at the small tracing size; re-counts then run the pruner's
+            graph (:func:`tensor_forward`) at this size and carry the channel
+            counts that changed into the full-size shapes (see the module
+            docstring). None: every count runs the full-size forward.
+        small_record: the dense model's shapes at ``small`` on the pruner's graph,
+            when a forward already recorded them (:func:`recording`).
     """
 
     def __init__(self, model: nn.Module, batch: Dict[str, Any],
@@ -197,22 +254,24 @@ class FlopsCounter:
         self.dense = flops_of(model, self.full, self.images)
         self.small = small if small is not None and small is not batch else None
         self.small_dense = None if self.small is None else \
-            small_record or record_shapes(model, small)
+            small_record or record_shapes(model, small, tensor_forward)
         self.full_forwards = 0  # re-counts that needed the full-size forward
 
     def count(self, model: nn.Module) -> int:
         """MACs per image of ``model`` (the dense one, pruned) at the full size."""
         if self.small is not None:
             self.shape = tuple(self.small['inputs'].shape[-2:])
-            now = record_shapes(model, self.small)
+            now = record_shapes(model, self.small, tensor_forward)
             try:
-                if set(now) != set(self.small_dense) or set(now) != set(self.full) or any(
+                # the pruner's graph runs every layer the inference forward runs (and
+                # auxiliary heads, which are not counted), the same number of times
+                if set(now) != set(self.small_dense) or not set(self.full) <= set(now) or any(
                         len(now[k]) != len(self.small_dense[k]) or
-                        len(now[k]) != len(self.full[k]) for k in now):
+                        len(now[k]) != len(self.full[k]) for k in self.full):
                     raise ValueError('layers ran a different number of times')
                 full = {k: [(_transfer(f[0], s[0], n[0]), _transfer(f[1], s[1], n[1]))
                             for f, s, n in zip(self.full[k], self.small_dense[k], now[k])]
-                        for k in now}
+                        for k in self.full}
             except ValueError:
                 full = None
             if full is not None:

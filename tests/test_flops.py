@@ -100,8 +100,9 @@ def test_inference_forward_is_the_deployed_graph():
     assert boxes.shape[0] == scores.shape[0] == num and masks.shape[0] == min(num, 100)
     assert model.rpn_head.predict.__name__ == '<lambda>'  # ours, put back as it was
     del model.rpn_head.predict
-    assert count_flops_params(model, batch, inference_forward)[0] > \
-        count_flops_params(model, batch)[0]  # 1000 RoIs through the heads against 4
+    assert count_flops_params(model, batch)[0] == \
+        count_flops_params(model, batch, inference_forward)[0] > \
+        count_flops_params(model, batch, tensor_forward)[0]  # 1000 RoIs against 4
     samples = make_batch(model, cfg, (512, 512))['data_samples']  # boxes up to 512 pixels
     first = inference_proposals(samples, num)[0].bboxes
     assert torch.equal(first, inference_proposals(samples, num)[0].bboxes)
@@ -122,5 +123,34 @@ def test_inference_forward_leaves_out_auxiliary_heads():
         host = model(batch['inputs'], batch['data_samples'], mode='tensor')
         assert len(out) == 1 and torch.equal(out[0], host)
         assert len(tensor_forward(model, batch)) == 2  # the pruner's graph: both heads
-    assert count_flops_params(model, batch, inference_forward)[0] < \
-        count_flops_params(model, batch)[0]
+    assert count_flops_params(model, batch)[0] == \
+        count_flops_params(model, batch, inference_forward)[0] < \
+        count_flops_params(model, batch, tensor_forward)[0]
+
+
+def test_target_flops_aims_at_the_inference_forward():
+    """A two-stage detector's target is met on what it runs at test time (RoI head on
+    1000 proposals); the re-count from the small graph equals a full count."""
+    from mmprune.graph import inference_forward
+    model, cfg = mmprune.build_model(tiny('faster_rcnn_r18_tiny'))
+    batch = make_batch(model.eval(), cfg, FULL)
+    res = mmprune.prune(model, cfg=cfg, input_shape=FULL, target_flops=0.6)
+    assert res.flops[1] == count_flops_params(model.eval(), batch, inference_forward)[0]
+    assert abs(res.flops_ratio - 0.6) < 0.05
+
+
+def test_flops_fall_back_to_the_traced_graph_when_tensor_mode_fails(monkeypatch):
+    def broken(model, batch):
+        raise RuntimeError('host tensor mode is broken here')
+
+    said = []
+    monkeypatch.setattr(flops_mod, 'inference_forward', broken)
+    monkeypatch.setattr(flops_mod, '_TENSOR_MODE_FAILS', set())
+    monkeypatch.setattr(flops_mod, 'print_log', lambda msg, **kw: said.append(msg))
+    model, cfg = mmprune.build_model(tiny('retinanet_r18_tiny'))
+    batch = make_batch(model.eval(), cfg, (128, 128))
+    flops = count_flops_params(model, batch)[0]
+    assert flops == count_flops_params(model, batch, tensor_forward)[0]
+    count_flops_params(model, batch)
+    assert len(said) == 1 and 'host tensor mode is broken here' in said[0]  # warned once
+    assert flops_mod.counted_forward(model) is tensor_forward

@@ -4,12 +4,12 @@
 
 For a pruned config (``mmprune.PrunedModel``) the dense model it came from is
 built too, and every pruned layer is listed with its channels dense -> pruned.
-FLOPs are torch-pruning's count of multiply-accumulates (the counter ``prune()``
-uses) of the forward a deployed model runs (:func:`mmprune.graph.inference_forward`:
-the host's ``mode='tensor'``, no auxiliary heads, 1000 proposals through a
-two-stage RoI head); where the graph ``prune()`` traces for ``target_flops``
-(auxiliary heads included, 4 proposals) counts differently, that count is printed
-too. mmengine's ``get_model_complexity_info`` of the same forward is printed beside
+FLOPs are torch-pruning's count of multiply-accumulates of the forward a deployed
+model runs (:func:`mmprune.graph.inference_forward`: the host's ``mode='tensor'``,
+no auxiliary heads, 1000 proposals through a two-stage RoI head), the count
+``prune()`` reports and ``target_flops`` aims at; where the graph ``prune()``
+traces (auxiliary heads included, 4 proposals) counts differently, that count is
+printed too (``flops_traced``). mmengine's ``get_model_complexity_info`` of the same forward is printed beside
 it for reference (it skips operations it has no handler for, so it can read lower
 on attention models). Latency is the median CPU time of that forward at batch 1.
 """
@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 import mmprune  # noqa: E402
 from mmprune.apis import is_pruned_config, load_config  # noqa: E402
-from mmprune.graph import inference_forward, make_batch  # noqa: E402
+from mmprune.graph import inference_forward, make_batch, tensor_forward  # noqa: E402
 from mmprune.pruner import count_flops_params  # noqa: E402
 from mmprune.structure import kept_channels  # noqa: E402
 
@@ -73,8 +73,9 @@ def mmengine_flops(model, batch):
 def measure(model, cfg, shape, runs):
     batch = make_batch(model, cfg, shape)
     model.eval()
-    flops, params = count_flops_params(model, batch, inference_forward)
-    return dict(params=params, flops=flops, flops_traced=count_flops_params(model, batch)[0],
+    flops, params = count_flops_params(model, batch)
+    return dict(params=params, flops=flops,
+                flops_traced=count_flops_params(model, batch, tensor_forward)[0],
                 mmengine_flops=mmengine_flops(model, batch),
                 cpu_latency_ms=round(latency_ms(model, batch, runs), 2),
                 input_shape=list(batch['inputs'].shape[-2:]))
@@ -115,7 +116,7 @@ def main(argv=None) -> dict:
     if m['mmengine_flops'] is not None:
         print(f'(mmengine counter: {m["mmengine_flops"] / 1e9:.3f}G for the model)')
     print(f'FLOPs: MACs at {"x".join(map(str, m["input_shape"]))}, per image, mmprune.flops, '
-          f'of the inference forward (flops_traced: of the graph target_flops counts); '
+          f'of the inference forward (flops_traced: of the graph the pruner traces); '
           f'latency: median CPU inference forward, batch 1')
     if rows:
         shown = rows if args.layers == 0 else rows[:args.layers]

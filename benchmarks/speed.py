@@ -115,7 +115,7 @@ def bench_model(name: str, config: str, args) -> dict:
     # prune time: mmprune vs raw torch-pruning, both at ratio 0.5 from the dense model;
     # mmprune's own FLOPs counting (before and after, at the full input) is timed apart
     m = copy.deepcopy(dense)
-    with timed(flops_mod, 'record_shapes') as counting:  # the forwards that count FLOPs
+    with timed(flops_mod, '_record') as counting:  # the forwards that count FLOPs
         t0 = time.perf_counter()
         res = mmprune.prune(m, 0.5, cfg=cfg, input_shape=shape, round_to=args.round_to)
         rec['mmprune_prune_s'] = round(time.perf_counter() - t0, 2)

@@ -115,19 +115,8 @@ def record_shapes(model: nn.Module, batch: Dict[str, Any],
     """Run ``forward`` once, recording each counted layer's shapes. None: the
     inference forward, or the pruner's graph where the host's tensor mode fails
     on the model (with a warning, once per model class)."""
-    if forward is None:
-        try:
-            return _record(model, batch, inference_forward)
-        except Exception as e:  # noqa: BLE001 - the host's tensor mode, any failure
-            cls = type(model)
-            if cls not in _TENSOR_MODE_FAILS:
-                _TENSOR_MODE_FAILS.add(cls)
-                print_log(f'[mmprune] {cls.__name__}: FLOPs are counted on the pruned graph '
-                          f'(auxiliary heads included, 4 proposals) because the host\'s '
-                          f'mode="tensor" forward fails: {type(e).__name__}: {str(e)[:200]}',
-                          logger='current', level=30)
-            forward = tensor_forward
-    return _record(model, batch, forward)
+    return _counted_record(model, batch)[0] if forward is None else \
+        _record(model, batch, forward)
 
 
 #: RoI feature extractors: no FLOPs formula, and their outputs' shapes do not depend
@@ -136,7 +125,23 @@ def record_shapes(model: nn.Module, batch: Dict[str, Any],
 ROI_LAYERS = ('RoIAlign', 'RoIPool')
 
 
+def _counted_record(model: nn.Module, batch: Dict[str, Any]) -> Tuple[Record, Callable]:
+    """(shapes, the forward that ran them) of the forward FLOPs count by default."""
+    try:
+        return _record(model, batch, inference_forward), inference_forward
+    except Exception as e:  # noqa: BLE001 - the host's tensor mode, any failure
+        cls = type(model)
+        if cls not in _TENSOR_MODE_FAILS:  # warned once per class
+            _TENSOR_MODE_FAILS.add(cls)
+            print_log(f'[mmprune] {cls.__name__}: FLOPs are counted on the pruned graph '
+                      f'(auxiliary heads included, 4 proposals) because the host\'s '
+                      f'mode="tensor" forward fails: {type(e).__name__}: {str(e)[:200]}',
+                      logger='current', level=30)
+        return _record(model, batch, tensor_forward), tensor_forward
+
+
 def _record(model: nn.Module, batch: Dict[str, Any], forward: Callable) -> Record:
+    """Each counted layer's shapes in one ``forward(model, batch)``."""
     from torch.nn.modules.utils import _pair
     patched = []
 
@@ -159,11 +164,6 @@ def _record(model: nn.Module, batch: Dict[str, Any], forward: Callable) -> Recor
 
 
 _TENSOR_MODE_FAILS: set = set()  # model classes already warned about
-
-
-def counted_forward(model: nn.Module) -> Callable:
-    """The forward :func:`record_shapes` counts for ``model`` by default."""
-    return tensor_forward if type(model) in _TENSOR_MODE_FAILS else inference_forward
 
 
 class _Counter:
@@ -250,7 +250,8 @@ class FlopsCounter:
                  small_record: Optional[Record] = None) -> None:
         self.batch, self.images = batch, _images(batch)
         self.shape = tuple(batch['inputs'].shape[-2:])  # of the forward last run
-        self.full = record_shapes(model, batch)
+        # self.forward: what is counted (the inference forward unless it fails)
+        self.full, self.forward = _counted_record(model, batch)
         self.dense = flops_of(model, self.full, self.images)
         self.small = small if small is not None and small is not batch else None
         self.small_dense = None if self.small is None else \
@@ -277,9 +278,9 @@ class FlopsCounter:
             if full is not None:
                 flops = flops_of(model, full, self.images)
                 if os.environ.get('MMPRUNE_CHECK_FLOPS') == '1':
-                    real = count_flops_params(model, self.batch)[0]
+                    real = count_flops_params(model, self.batch, self.forward)[0]
                     assert flops == real, f'FLOPs re-count {flops} != full forward {real}'
                 return flops
         self.full_forwards += 1
         self.shape = tuple(self.batch['inputs'].shape[-2:])
-        return count_flops_params(model, self.batch)[0]
+        return count_flops_params(model, self.batch, self.forward)[0]

@@ -24,8 +24,8 @@ import torch_pruning as tp
 from mmengine.logging import print_log
 
 from .custom_layers import customized_pruners_for
-from .flops import (FlopsCounter, count_flops_params, counted_forward,  # noqa: F401
-                    layer_flops, recording)
+from .flops import (FlopsCounter, count_flops_params, layer_flops,  # noqa: F401 (re-exported)
+                    recording)
 from .graph import (CONCAT_LAYOUT, TOKEN_MAPS, find_output_layers, follow_input_channels,
                     make_batch, tensor_forward, tracing_state)
 from .importance import (DEFAULT_IMPORTANCE, GRADIENT_IMPORTANCES, PER_SAMPLE_IMPORTANCES,
@@ -420,7 +420,7 @@ def prune(model: Union[nn.Module, str, Any],
             flops0, params0 = counter.dense, sum(p.numel() for p in model.parameters())
             # time per FLOP of what a deployed model runs (a two-stage detector's RoI
             # align and head on 1000 proposals, no auxiliary heads), as the FLOPs count
-            latency = _Latency(layer_times(model, batch, forward=counted_forward(model)),
+            latency = _Latency(layer_times(model, batch, forward=counter.forward),
                                layer_flops(model, counter.full)) \
                 if allocation == 'latency' else None
 

@@ -153,4 +153,6 @@ def test_flops_fall_back_to_the_traced_graph_when_tensor_mode_fails(monkeypatch)
     assert flops == count_flops_params(model, batch, tensor_forward)[0]
     count_flops_params(model, batch)
     assert len(said) == 1 and 'host tensor mode is broken here' in said[0]  # warned once
-    assert flops_mod.counted_forward(model) is tensor_forward
+    assert FlopsCounter(model, batch).forward is tensor_forward
+    monkeypatch.undo()  # a model of the same class whose tensor mode runs is counted on it
+    assert FlopsCounter(model, batch).forward.__name__ == 'inference_forward'

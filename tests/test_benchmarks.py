@@ -118,3 +118,10 @@ def test_allocation_round_tos_over_seeds(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert 'retinanet_r18_tiny.py seed 1 | uniform rt16 |' in printed
     assert re.search(r'retinanet_r18_tiny\.py \| uniform rt16 \| 2 \| [\d.]+ \|', printed)
+
+
+def test_roi_align_kernels_agree(capsys):
+    import roi_align
+    assert roi_align.main(['--rois', '20', '--channels', '8', '--runs', '1']) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith('| 8 |')]
+    assert rows and all(r.endswith('| 0.0e+00 |') for r in rows)  # same values

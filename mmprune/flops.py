@@ -133,9 +133,10 @@ def _counted_record(model: nn.Module, batch: Dict[str, Any]) -> Tuple[Record, Ca
         cls = type(model)
         if cls not in _TENSOR_MODE_FAILS:  # warned once per class
             _TENSOR_MODE_FAILS.add(cls)
-            print_log(f'[mmprune] {cls.__name__}: FLOPs are counted on the pruned graph '
-                      f'(auxiliary heads included, 4 proposals) because the host\'s '
-                      f'mode="tensor" forward fails: {type(e).__name__}: {str(e)[:200]}',
+            print_log(f'[mmprune] {cls.__name__}: FLOPs are counted on the graph the '
+                      f'pruner traces (auxiliary heads included, a RoI head on 4 '
+                      f'proposals) because the host\'s mode="tensor" forward fails: '
+                      f'{type(e).__name__}: {str(e)[:200]}',
                       logger='current', level=30)
         return _record(model, batch, tensor_forward), tensor_forward
 
@@ -145,14 +146,14 @@ def _record(model: nn.Module, batch: Dict[str, Any], forward: Callable) -> Recor
     from torch.nn.modules.utils import _pair
     patched = []
 
-    def zeros(module):
-        def forward(input, rois, *args, **kwargs):
+    def shape_only(module):
+        def zeros(input, rois, *args, **kwargs):
             return input.new_zeros(rois.shape[0], input.shape[1], *_pair(module.output_size))
-        return forward
+        return zeros
 
     for m in model.modules():
         if type(m).__name__ in ROI_LAYERS and hasattr(m, 'output_size'):
-            m.forward = zeros(m)
+            m.forward = shape_only(m)
             patched.append(m)
     try:
         with recording(model) as record, torch.no_grad():

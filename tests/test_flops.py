@@ -103,6 +103,10 @@ def test_inference_forward_is_the_deployed_graph():
     assert count_flops_params(model, batch)[0] == \
         count_flops_params(model, batch, inference_forward)[0] > \
         count_flops_params(model, batch, tensor_forward)[0]  # 1000 RoIs against 4
+    with flops_mod.recording(model) as real, torch.no_grad():  # RoI align really run
+        inference_forward(model, batch)
+    assert flops_mod.flops_of(model, real) == count_flops_params(model, batch)[0]
+    assert not any('forward' in vars(m) for m in model.modules())  # zeros stand-ins gone
     samples = make_batch(model, cfg, (512, 512))['data_samples']  # boxes up to 512 pixels
     first = inference_proposals(samples, num)[0].bboxes
     assert torch.equal(first, inference_proposals(samples, num)[0].bboxes)

@@ -390,8 +390,7 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any],
         module = getattr(model, part, None)
         if hasattr(model, 'decode_head') and isinstance(module, nn.Module) \
                 and not module.training and _branches_on_training(type(module)):
-            module.training = True
-            patch.saved.append((module, 'training', False))
+            patch(module, 'training', True)
     # RoIs are coordinates, not features: cascade heads compute a stage's RoIs from the
     # previous stage's box regression, which would couple box deltas with feature channels
     try:

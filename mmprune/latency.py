@@ -47,8 +47,9 @@ def layer_times(model: nn.Module, batch: Dict[str, Any], runs: int = 2,
     """Seconds per forward of each layer with weights: ``(own, after)``, its own
     time and that of the weightless leaf modules that read its output (directly
     or through other weightless ones). The fastest of ``runs`` timed forwards
-    (``forward(model, batch)``: the pruner's graph by default, whose FLOPs
-    ``allocation='latency'`` weighs them with), after one warm-up.
+    (``forward(model, batch)``: the pruner's graph by default;
+    ``allocation='latency'`` passes the forward its FLOPs were counted on), after
+    one warm-up.
     """
     owners = {n for n, m in model.named_modules()
               if any(True for _ in m.parameters(recurse=False))}

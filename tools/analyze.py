@@ -28,6 +28,7 @@ import torch  # noqa: E402
 import mmprune  # noqa: E402
 from mmprune.apis import is_pruned_config, load_config  # noqa: E402
 from mmprune.graph import inference_forward, make_batch, tensor_forward  # noqa: E402
+from mmprune.flops import FlopsCounter  # noqa: E402
 from mmprune.pruner import count_flops_params  # noqa: E402
 from mmprune.structure import kept_channels  # noqa: E402
 
@@ -57,13 +58,13 @@ def dense_model_cfg(cfg) -> dict:
     return model
 
 
-def mmengine_flops(model, batch):
+def mmengine_flops(model, batch, forward=inference_forward):
     """mmengine's own count, or None when its tracer cannot run the model."""
     try:
         from mmengine.analysis import get_model_complexity_info
 
         from mmprune.pruner import _TensorForward
-        info = get_model_complexity_info(_TensorForward(model, inference_forward), inputs=(batch,),
+        info = get_model_complexity_info(_TensorForward(model, forward), inputs=(batch,),
                                          show_table=False, show_arch=False)
         return int(info['flops'])
     except Exception:  # noqa: BLE001 - a reference figure only
@@ -73,11 +74,11 @@ def mmengine_flops(model, batch):
 def measure(model, cfg, shape, runs):
     batch = make_batch(model, cfg, shape)
     model.eval()
-    flops, params = count_flops_params(model, batch)
-    return dict(params=params, flops=flops,
+    counter = FlopsCounter(model, batch)  # .forward: what it counted, and what is timed
+    return dict(params=sum(p.numel() for p in model.parameters()), flops=counter.dense,
                 flops_traced=count_flops_params(model, batch, tensor_forward)[0],
-                mmengine_flops=mmengine_flops(model, batch),
-                cpu_latency_ms=round(latency_ms(model, batch, runs), 2),
+                mmengine_flops=mmengine_flops(model, batch, counter.forward),
+                cpu_latency_ms=round(latency_ms(model, batch, runs, forward=counter.forward), 2),
                 input_shape=list(batch['inputs'].shape[-2:]))
 
 

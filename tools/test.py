@@ -8,9 +8,11 @@ The metric is the config's own ``test_evaluator`` (VOC or COCO mAP for mmdet,
 the host's packaged ``tools/test.py`` computes it. With ``--compare`` one
 table shows, per model: the metric and its delta, params, FLOPs (MACs of the
 inference forward at the test pipeline's size, torch-pruning's counter; see
-``mmprune.graph.inference_forward``), median CPU latency of that forward (and GPU latency when a GPU is present;
-glibc malloc set to reuse its pages first, ``mmprune.latency.steady_malloc``,
-as in the benchmarks), and the checkpoint's size on disk. A JSON summary goes to the work dir.
+``mmprune.graph.inference_forward``; the traced graph where the host's tensor
+mode fails on the model, as ``prune()`` counts), median CPU latency of that
+forward (and GPU latency when a GPU is present; glibc malloc set to reuse its
+pages first, ``mmprune.latency.steady_malloc``, as in the benchmarks), and the
+checkpoint's size on disk. A JSON summary goes to the work dir.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import torch  # noqa: E402
 
 from mmprune.apis import build_model, load_config  # noqa: E402
 from mmprune.checkpoint import atomic_write  # noqa: E402
+import mmprune.graph  # noqa: E402
 from mmprune.graph import inference_forward, make_batch  # noqa: E402
 from mmprune.latency import steady_malloc  # noqa: E402
 
@@ -88,7 +91,10 @@ def side_by_side_latency(rows: list, args) -> None:
     for device in devices:
         b = dict(inputs=batch['inputs'].to(device), data_samples=batch['data_samples'])
         with torch.no_grad():
-            ms = interleaved_ms({t: (lambda m=m.to(device): inference_forward(m, b))
+            # each model's counted forward (evaluate() recorded which)
+            fwd = {r['tag']: getattr(mmprune.graph, r.get('forward', 'inference_forward'))
+                   for r in rows}
+            ms = interleaved_ms({t: (lambda m=m.to(device), f=fwd[t]: f(m, b))
                                  for t, m in models.items()}, args.latency_runs,
                                 torch.cuda.synchronize if device == 'cuda' else None)
         for r in rows:
@@ -99,14 +105,15 @@ def side_by_side_latency(rows: list, args) -> None:
         m.to('cpu')
 
 
-def latency_ms(model, batch, runs: int, device: str = 'cpu') -> float:
-    """Median wall time of the inference forward at batch 1 on ``device``
-    (glibc malloc reusing its pages, as in :func:`side_by_side_latency`)."""
+def latency_ms(model, batch, runs: int, device: str = 'cpu',
+               forward=inference_forward) -> float:
+    """Median wall time of ``forward`` (the inference forward) at batch 1 on
+    ``device`` (glibc malloc reusing its pages, as in :func:`side_by_side_latency`)."""
     steady_malloc()
     model = model.to(device).eval()
     batch = dict(inputs=batch['inputs'].to(device), data_samples=batch['data_samples'])
     with torch.no_grad():
-        ms = median_ms(lambda: inference_forward(model, batch), runs,
+        ms = median_ms(lambda: forward(model, batch), runs,
                        torch.cuda.synchronize if device != 'cpu' else None)
     model.to('cpu')
     return ms
@@ -120,19 +127,22 @@ def evaluate(config: str, checkpoint: str, args, tag: str) -> dict:
         cfg.merge_from_dict(args.cfg_options)
     # a clear error when the checkpoint does not fit the config (the Runner only warns)
     model, _ = build_model(copy.deepcopy(cfg), checkpoint)
-    from mmprune.pruner import count_flops_params
+    from mmprune.flops import FlopsCounter
     batch = make_batch(model, cfg)
     model.eval()
-    flops, params = count_flops_params(model, batch, inference_forward)
-    cpu = latency_ms(model, batch, args.latency_runs)
-    gpu = latency_ms(model, batch, args.latency_runs, 'cuda') if torch.cuda.is_available() else None
+    counter = FlopsCounter(model, batch)  # .forward: what it counted, and what is timed
+    flops, params = counter.dense, sum(p.numel() for p in model.parameters())
+    cpu = latency_ms(model, batch, args.latency_runs, forward=counter.forward)
+    gpu = latency_ms(model, batch, args.latency_runs, 'cuda', counter.forward) \
+        if torch.cuda.is_available() else None
     cfg.load_from = checkpoint
     cfg.work_dir = osp.join(args.work_dir, tag)
     cfg.experiment_name = f'test_{tag}_{int(time.time() * 1000)}'
     cfg.launcher = 'none'
     metrics = Runner.from_cfg(cfg).test()
     return dict(config=config, checkpoint=checkpoint, metrics={k: float(v) for k, v in metrics.items()},
-                params=params, flops=flops, input_shape=list(batch['inputs'].shape[-2:]),
+                params=params, flops=flops, forward=counter.forward.__name__,
+                input_shape=list(batch['inputs'].shape[-2:]),
                 cpu_latency_ms=round(cpu, 2), gpu_latency_ms=None if gpu is None else round(gpu, 3),
                 size_mb=round(os.path.getsize(checkpoint) / 2 ** 20, 2))
 

@@ -1,18 +1,22 @@
 """Zoo coverage: prune one representative config of every mmdet / mmseg family.
 
     python benchmarks/coverage.py [--codebase mmdet mmseg] [--families a b] [--timeout 600]
-                                  [--ratio 0.3] [--out work_dirs/coverage.json]
+                                  [--ratio 0.3 | --target-flops 0.5] [--out work_dirs/coverage.json]
 
 For each family (a folder of the installed host's config zoo) one config is
 built with random init (nothing is downloaded; ViT backbones get ``img_size`` =
 the test size, distillation teachers are built from the zoo without weights)
 and, in a subprocess with a timeout: the dense model runs tensor, loss and predict (else the failure is the
-host's); ``mmprune.prune`` removes 30 % of the channels with l2; the pruned
+host's); ``mmprune.prune`` removes 30 % of the channels with l2 (or, with
+``--target-flops``, searches the ratio that leaves that fraction of the FLOPs;
+``MMPRUNE_CHECK_FLOPS=1`` then checks every trial's count against a full one); the pruned
 model must keep its tensor-output shapes, run loss + backward on 2 images, run
 predict, and be rebuilt from its structure (``mmprune.PrunedModel``) with the
 same outputs. The input is 256x256 unless the dense model fails there, then
-the config's own crop or test size. Prints a table and writes JSON; each
-record names the commit that produced it.
+the config's own crop or test size. FLOPs are counted on the host's inference
+forward; a record's ``flops_forward`` says where its tensor mode failed and the
+pruner's traced graph was counted instead (marked "traced" in the tables).
+Prints a table and writes JSON; each record names the commit that produced it.
 """
 from __future__ import annotations
 
@@ -237,7 +241,7 @@ def check_pruned(model, cfg, structure, batch, dense_out, shape):
         raise AssertionError('rebuilt model gives different outputs')
 
 
-def run_one(config: str, ratio: float, shape) -> dict:
+def run_one(config: str, ratio: float, shape, target_flops=None) -> dict:
     """All stages for one config, in this process. Returns a record."""
     import torch
 
@@ -273,11 +277,13 @@ def run_one(config: str, ratio: float, shape) -> dict:
         rec['shape'] = list(shape)
         stage = enter('prune')
         t0 = time.perf_counter()
-        result = mmprune.prune(model, pruning_ratio=ratio, importance='l2', cfg=cfg,
-                               input_shape=shape)
+        how = dict(pruning_ratio=ratio) if target_flops is None else \
+            dict(target_flops=target_flops)
+        result = mmprune.prune(model, importance='l2', cfg=cfg, input_shape=shape, **how)
         rec.update(prune_s=round(time.perf_counter() - t0, 2),
                    params=list(result.params), flops=list(result.flops),
-                   output_layers=result.output_layers)
+                   flops_forward=result.flops_forward, output_layers=result.output_layers,
+                   **({} if target_flops is None else dict(target_flops=target_flops)))
         for name in check_pruned(model, cfg, result.structure, batch, dense_out, shape):
             stage = enter(name)
         stage = enter(None)
@@ -293,6 +299,8 @@ def main() -> None:
     p.add_argument('--codebase', nargs='+', default=['mmdet', 'mmseg'])
     p.add_argument('--families', nargs='+', help='only these families')
     p.add_argument('--ratio', type=float, default=0.3)
+    p.add_argument('--target-flops', type=float,
+                   help='prune to this fraction of the FLOPs instead of at --ratio')
     p.add_argument('--shape', type=int, nargs=2, default=[256, 256])
     p.add_argument('--timeout', type=int, default=600)
     p.add_argument('--out', default='work_dirs/coverage.json')
@@ -310,7 +318,8 @@ def main() -> None:
         import logging
         from mmengine.logging import MMLogger
         MMLogger.get_current_instance().setLevel(logging.ERROR)
-        print('RESULT ' + json.dumps(run_one(args.one, args.ratio, tuple(args.shape))))
+        print('RESULT ' + json.dumps(run_one(args.one, args.ratio, tuple(args.shape),
+                                             args.target_flops)))
         return
 
     records = []
@@ -333,7 +342,9 @@ def main() -> None:
                 try:
                     proc = subprocess.run(
                         [sys.executable, __file__, '--one', config, '--ratio', str(args.ratio),
-                         '--shape', *map(str, args.shape)],
+                         '--shape', *map(str, args.shape)] + (
+                            ['--target-flops', str(args.target_flops)]
+                            if args.target_flops is not None else []),
                         capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
                     line = [x for x in proc.stdout.splitlines() if x.startswith('RESULT ')]
                     if line:
@@ -374,6 +385,11 @@ def _short(config: str | None) -> str:
     return re.sub(r'^mm\w+::[^/]+/', '', config or '-')[:48]
 
 
+def _traced(r: dict) -> bool:
+    """FLOPs counted on the pruner's traced graph (the host's tensor mode failed)."""
+    return r.get('flops_forward') == 'tensor_forward'
+
+
 def row(r: dict) -> str:
     if r.get('skipped'):
         return f"{r['codebase']:6s} {r['family']:24s} {'skipped':8s} {r['skipped']}"
@@ -382,7 +398,8 @@ def row(r: dict) -> str:
     if r.get('params'):
         p0, p1 = r['params']
         f0, f1 = r['flops']
-        sizes = f'{p0 / 1e6:6.1f}M->{p1 / 1e6:6.1f}M {f0 / 1e9:6.1f}G->{f1 / 1e9:6.1f}G'
+        sizes = f'{p0 / 1e6:6.1f}M->{p1 / 1e6:6.1f}M {f0 / 1e9:6.1f}G->{f1 / 1e9:6.1f}G' + (
+            ' traced' if _traced(r) else '')
     reason = f" {r.get('reason')}" if r.get('reason') else ''
     return (f"{r['codebase']:6s} {r['family']:24s} {status:12s} {_short(r.get('config')):48s} "
             f'{sizes:32s}{reason}')
@@ -397,7 +414,8 @@ def markdown(records: list) -> str:
         sizes = ('', '')
         if r.get('params'):
             sizes = (f"{r['params'][0] / 1e6:.1f} → {r['params'][1] / 1e6:.1f}",
-                     f"{r['flops'][0] / 1e9:.2f} → {r['flops'][1] / 1e9:.2f}")
+                     f"{r['flops'][0] / 1e9:.2f} → {r['flops'][1] / 1e9:.2f}"
+                     + (' (traced)' if _traced(r) else ''))
         if r.get('stage') is None:
             status = 'pass'
         elif r['stage'] in ('build', 'dense'):

@@ -82,6 +82,10 @@ class PruneResult:
     flops: Tuple[int, int]
     output_layers: List[str] = field(default_factory=list)
     options: Dict[str, Any] = field(default_factory=dict)
+    #: the forward ``flops`` were counted on: ``'inference_forward'`` (what a deployed
+    #: model runs), or ``'tensor_forward'`` (the pruner's graph) where the host's
+    #: tensor mode fails on the model
+    flops_forward: str = 'inference_forward'
 
     @property
     def flops_ratio(self) -> float:
@@ -399,7 +403,7 @@ def prune(model: Union[nn.Module, str, Any],
     before = snapshot(model)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    def attempt() -> Tuple[List[str], int, int, int]:
+    def attempt() -> Tuple[List[str], int, int, int, str]:
         with tracing_state(model), follow_input_channels(model):
             small = _trace_batch(model, cfg, batch, seed)
             built: List[Any] = []  # the dependency graph, built from the same forward
@@ -454,12 +458,12 @@ def prune(model: Union[nn.Module, str, Any],
                         2 if _one_value_norms(model, counter.small_dense or counter.full) else 1)
             for p in model.parameters():
                 p.grad = None
-        return output_layers, flops0, params0, flops1
+        return output_layers, flops0, params0, flops1, counter.forward.__name__
 
     TOKEN_MAPS.update(strict=False, relaxed=0)
     try:
         try:
-            output_layers, flops0, params0, flops1 = attempt()
+            output_layers, flops0, params0, flops1, counted = attempt()
         except RuntimeError as e:
             if not TOKEN_MAPS['relaxed']:
                 raise
@@ -470,7 +474,7 @@ def prune(model: Union[nn.Module, str, Any],
                       f'({type(e).__name__}: {str(e)[:160]}); pruning again with their '
                       f'channels kept', logger='current', level=logging.WARNING)
             TOKEN_MAPS['strict'] = True
-            output_layers, flops0, params0, flops1 = attempt()
+            output_layers, flops0, params0, flops1, counted = attempt()
     except BaseException:
         _restore(model, before, state)
         raise
@@ -479,7 +483,7 @@ def prune(model: Union[nn.Module, str, Any],
     params1 = sum(p.numel() for p in model.parameters())
     structure = diff(before, model)
     result = PruneResult(model, structure, (params0, params1), (flops0, flops1),
-                         output_layers, options)
+                         output_layers, options, counted)
     print_log(f'[mmprune] {result.summary()}; kept output layers: {output_layers}',
               logger='current', level=logging.INFO)
     return result

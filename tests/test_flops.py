@@ -141,6 +141,7 @@ def test_target_flops_aims_at_the_inference_forward():
     res = mmprune.prune(model, cfg=cfg, input_shape=FULL, target_flops=0.6)
     assert res.flops[1] == count_flops_params(model.eval(), batch, inference_forward)[0]
     assert abs(res.flops_ratio - 0.6) < 0.05
+    assert res.flops_forward == 'inference_forward'
 
 
 def test_flops_fall_back_to_the_traced_graph_when_tensor_mode_fails(monkeypatch):
@@ -158,5 +159,8 @@ def test_flops_fall_back_to_the_traced_graph_when_tensor_mode_fails(monkeypatch)
     count_flops_params(model, batch)
     assert len(said) == 1 and 'host tensor mode is broken here' in said[0]  # warned once
     assert FlopsCounter(model, batch).forward is tensor_forward
+    res = mmprune.prune(model, cfg=cfg, pruning_ratio=0.3, input_shape=(128, 128))
+    assert res.flops_forward == 'tensor_forward'  # the result says what was counted
+    assert res.flops[1] == count_flops_params(model, batch, tensor_forward)[0]
     monkeypatch.undo()  # a model of the same class whose tensor mode runs is counted on it
     assert FlopsCounter(model, batch).forward.__name__ == 'inference_forward'

@@ -190,21 +190,36 @@ def make_batch(model: nn.Module, cfg=None, input_shape: Optional[Sequence[int]] 
 
 @contextlib.contextmanager
 def tracing_state(model: nn.Module) -> Iterator[None]:
-    """Eval mode, grads enabled and every parameter trainable; all restored after."""
+    """Eval mode, grads enabled, every parameter trainable and no in-place activation or
+    dropout module; all restored after.
+
+    In-place modules go out-of-place because an in-place op on a layer's output that
+    is a view (a Linear on 3-D tokens, then mmcv's FFN's ``ReLU(inplace=True)``)
+    rebases the view's autograd history: the node the forward hook saw as the layer's
+    output leaves the graph, and neither torch-pruning nor :func:`find_output_layers`
+    can connect the layer to its consumers (the feed-forward layers of the DETR
+    family's transformers were left whole and taken for output layers).
+    """
     modes = {m: m.training for m in model.modules()}
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    inplace = [m for m in model.modules()
+               if getattr(m, 'inplace', None) is True and not any(True for _ in m.children())]
     # mmdet/mmseg backbones re-freeze their frozen stages in train()/eval(); torch-pruning
     # calls model.eval() while tracing, so plain nn.Module.train stands in meanwhile
     overridden = [m for m in model.modules() if type(m).train is not nn.Module.train]
     try:
         for m in overridden:
             m.train = types.MethodType(nn.Module.train, m)
+        for m in inplace:
+            m.inplace = False
         model.eval()
         for p in model.parameters():
             p.requires_grad_(True)
         with torch.enable_grad():
             yield
     finally:
+        for m in inplace:
+            m.inplace = True
         for m in overridden:
             m.__dict__.pop('train', None)
         for m, mode in modes.items():

@@ -24,7 +24,10 @@ import torch
 import torch.nn as nn
 
 STRUCTURE_VERSION = 1
-_SKIPPED_ATTRS = {'training'}
+#: not structure: the train/eval mode, and activations' ``inplace``, which tracing turns off
+#: for a while (:func:`mmprune.graph.tracing_state`; a restore between target_flops trials
+#: must not turn it back on)
+_SKIPPED_ATTRS = {'training', 'inplace'}
 
 
 def _plain(value: Any) -> bool:

@@ -252,3 +252,52 @@ def test_reshape_to_a_width_from_elsewhere_is_pruned_again_with_it_kept():
     model.eval()
     with torch.no_grad():
         tensor_forward(model, batch)
+
+
+@SEG_MODELS.register_module(force=True)
+class FFNNet(BaseModule):
+    """The DETR family's feed-forward layers: mmcv's ``FFN`` on tokens, a Linear on a
+    3-D input (its output is a view) followed by ``ReLU(inplace=True)``, which rebases
+    the view's autograd history."""
+
+    def __init__(self):
+        super().__init__()
+        from mmcv.cnn.bricks.transformer import FFN
+        self.stem = nn.Conv2d(3, 32, 3, stride=2, padding=1)
+        self.ffn = FFN(embed_dims=32, feedforward_channels=64)
+        self.out = nn.Conv2d(32, 32, 1)
+
+    def forward(self, x):
+        f = self.stem(x)
+        b, c, h, w = f.shape
+        t = self.ffn(f.flatten(2).transpose(1, 2).contiguous())  # contiguous: a view out
+        return (self.out(t.transpose(1, 2).reshape(b, c, h, w)),)
+
+
+def test_ffn_hidden_layer_with_inplace_activation_is_pruned():
+    model, cfg = _built('FFNNet')
+    batch = make_batch(model, cfg, (64, 64))
+    model.eval()
+    with torch.no_grad():
+        dense = [o.shape for o in tensor_forward(model, batch)]
+    relu = model.backbone.ffn.layers[0][1]
+    assert relu.inplace
+    result = mmprune.prune(model, 0.5, cfg=cfg, input_shape=(64, 64))
+    first, second = model.backbone.ffn.layers[0][0], model.backbone.ffn.layers[1]
+    assert first.out_features == second.in_features < 64  # the hidden width is pruned
+    assert 'backbone.ffn.layers.0.0' not in result.output_layers
+    assert relu.inplace  # restored after tracing
+    with torch.no_grad():
+        assert [o.shape for o in tensor_forward(model, batch)] == dense
+    _assert_rebuilds(model, cfg, result, batch)
+
+
+def test_ffn_stays_prunable_across_target_flops_trials():
+    """The search restores the model between trials; that must not turn the
+    activations back in-place while tracing (the hidden width would then stay whole)."""
+    model, cfg = _built('FFNNet')
+    result = mmprune.prune(model, cfg=cfg, input_shape=(64, 64), target_flops=0.3)
+    first = model.backbone.ffn.layers[0][0]
+    assert abs(result.flops_ratio - 0.3) < 0.03
+    assert first.out_features < 64 and model.backbone.ffn.layers[0][1].inplace
+    assert not any('inplace' in attrs for attrs in result.structure['layers'].values())

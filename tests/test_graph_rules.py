@@ -77,6 +77,16 @@ def _built(backbone: str):
     return mmprune.build_model(cfg)
 
 
+def _built_dense(backbone: str):
+    """:func:`_built`, an example batch and the dense model's output shapes."""
+    model, cfg = _built(backbone)
+    batch = make_batch(model, cfg, (64, 64))
+    model.eval()
+    with torch.no_grad():
+        dense = [o.shape for o in tensor_forward(model, batch)]
+    return model, cfg, batch, dense
+
+
 def test_quirky_patterns_prune_into_a_working_model():
     torch.manual_seed(0)
     model, cfg = mmprune.build_model(_cfg())
@@ -155,11 +165,7 @@ class ChunkyNet(BaseModule):
 
 
 def test_chunks_flatten_ranges_and_weights_as_features():
-    model, cfg = _built('ChunkyNet')
-    batch = make_batch(model, cfg, (64, 64))
-    model.eval()
-    with torch.no_grad():
-        dense = [o.shape for o in tensor_forward(model, batch)]
+    model, cfg, batch, dense = _built_dense('ChunkyNet')
     mmprune.prune(model, 0.5, cfg=cfg, input_shape=(64, 64))
     bb = model.backbone
     assert bb.conv1.conv.out_channels == 24  # the chunked feature keeps its width
@@ -275,11 +281,7 @@ class FFNNet(BaseModule):
 
 
 def test_ffn_hidden_layer_with_inplace_activation_is_pruned():
-    model, cfg = _built('FFNNet')
-    batch = make_batch(model, cfg, (64, 64))
-    model.eval()
-    with torch.no_grad():
-        dense = [o.shape for o in tensor_forward(model, batch)]
+    model, cfg, batch, dense = _built_dense('FFNNet')
     relu = model.backbone.ffn.layers[0][1]
     assert relu.inplace
     result = mmprune.prune(model, 0.5, cfg=cfg, input_shape=(64, 64))

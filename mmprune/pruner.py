@@ -42,8 +42,7 @@ TRACE_SIDE: Optional[int] = 256
 #: default ``round_to``: kept channel counts are multiples of 8, which measured faster
 #: than exact counts on CPU (benchmarks/README.md, "Channel counts": 8 of 9 eager and 3
 #: of 3 ONNX Runtime rows for RetinaNet / Faster / Mask R-CNN-R50). Layers narrower than
-#: ``2 * round_to`` keep the
-#: exact count. ``round_to=None`` (or 1) gives exact counts.
+#: ``2 * round_to`` keep the exact count. ``round_to=None`` (or 1) gives exact counts.
 DEFAULT_ROUND_TO: Optional[int] = 8
 #: rounded counts are chosen, among the nearest multiple of ``round_to`` and those
 #: within 1/8 of the count asked for, first to avoid a prime number (>= 7)

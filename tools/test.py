@@ -88,12 +88,11 @@ def side_by_side_latency(rows: list, args) -> None:
     first = next(iter(models.values()))
     batch = make_batch(first, first.cfg)
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+    # each model's counted forward (evaluate() recorded which)
+    fwd = {r['tag']: getattr(mmprune.graph, r.get('forward', 'inference_forward')) for r in rows}
     for device in devices:
         b = dict(inputs=batch['inputs'].to(device), data_samples=batch['data_samples'])
         with torch.no_grad():
-            # each model's counted forward (evaluate() recorded which)
-            fwd = {r['tag']: getattr(mmprune.graph, r.get('forward', 'inference_forward'))
-                   for r in rows}
             ms = interleaved_ms({t: (lambda m=m.to(device), f=fwd[t]: f(m, b))
                                  for t, m in models.items()}, args.latency_runs,
                                 torch.cuda.synchronize if device == 'cuda' else None)

@@ -2,7 +2,8 @@
 
     python benchmarks/stages.py [MODEL] [--target 0.5] [--allocation uniform|latency]
                                 [--round-to 8] [--depth 2] [--shape 512 512] [--rounds 3]
-                                [--ops N] [--malloc steady|default] [--out FILE.json]
+                                [--ops N] [--fused-attention] [--malloc steady|default]
+                                [--out FILE.json]
 
 MODEL: a name from ``benchmarks/speed.py`` (default ``faster_rcnn_r50``) or a
 config path. The model (random init) is pruned with
@@ -21,10 +22,16 @@ exactly: the layer times carry the hooks' overhead. ``--ops N`` adds the N
 slowest operators of ``torch.profiler`` over 3 forwards of each model (calls and
 self CPU ms per forward), which shows whether pruning left extra operators
 (reshapes, copies) behind, and counts the hooks left on the pruned model.
+``--fused-attention`` times both models with every ``nn.MultiheadAttention``
+asked for no attention weights (``need_weights=False``), so that PyTorch runs
+its fused ``scaled_dot_product_attention`` instead of materialising the
+attention matrix: mmcv's and mmseg's attention wrappers ask for the weights
+and drop them. The prune itself runs as without it (same structure).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
@@ -36,6 +43,23 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from speed import MODELS, add_run_options, apply_malloc, write_results  # noqa: E402
+
+
+@contextlib.contextmanager
+def fused_attention():
+    """While it lasts, ``nn.MultiheadAttention`` skips the attention weights that
+    its callers drop: its ``need_weights=False`` path calls PyTorch's fused
+    ``scaled_dot_product_attention`` (same output; the weights come back as None)."""
+    import torch.nn as nn
+    real = nn.MultiheadAttention.forward
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, **kwargs):
+        return real(self, query, key, value, key_padding_mask, False, **kwargs)
+    nn.MultiheadAttention.forward = forward
+    try:
+        yield
+    finally:
+        nn.MultiheadAttention.forward = real
 
 
 def profile(model, batch, rounds: int):
@@ -134,6 +158,9 @@ def main(argv=None) -> int:
     p.add_argument('--top', type=int, default=30, help='rows printed (all go to the JSON)')
     p.add_argument('--ops', type=int, default=0, metavar='N',
                    help='also the N slowest profiler operators, dense vs pruned')
+    p.add_argument('--fused-attention', action='store_true',
+                   help='time both models with nn.MultiheadAttention(need_weights=False): '
+                        "PyTorch's fused attention kernel (the prune runs without it)")
     add_run_options(p, 'stages')
     args = p.parse_args(argv)
     apply_malloc(args)
@@ -151,17 +178,19 @@ def main(argv=None) -> int:
     res = mmprune.prune(pruned, cfg=cfg, target_flops=args.target, input_shape=tuple(args.shape),
                         allocation=args.allocation, round_to=args.round_to)
     pruned.eval()
-    a, b = profile(dense, batch, args.rounds), profile(pruned, batch, args.rounds)
+    with fused_attention() if args.fused_attention else contextlib.nullcontext():
+        a, b = profile(dense, batch, args.rounds), profile(pruned, batch, args.rounds)
+        ops = (operators(dense, batch), operators(pruned, batch)) if args.ops else None
     rows = parts(a, b, args.depth)
     flops_ratio = res.flops[1] / res.flops[0]  # of the timed (inference) forward
     record = dict(model=name, flops_ratio=flops_ratio, dense_ms=a[2], pruned_ms=b[2],
                   dense_layers_ms=sum(a[0].values()), pruned_layers_ms=sum(b[0].values()),
                   parts=rows)
     text = table(name, flops_ratio, a, b, rows, args.top)
-    if args.ops:
+    if ops:
         record['hooks_left'] = sum(len(m._forward_hooks) + len(m._forward_pre_hooks)
                                    for m in pruned.modules())
-        record['ops'] = ops_table(operators(dense, batch), operators(pruned, batch), args.ops)
+        record['ops'] = ops_table(*ops, args.ops)
         text += (f'\n\nhooks left on the pruned model: {record["hooks_left"]}\n'
                  '| operator | dense calls | dense ms | pruned calls | pruned ms |\n'
                  '|---|---|---|---|---|\n'

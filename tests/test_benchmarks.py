@@ -101,6 +101,26 @@ def test_stages_table_sums_layers_by_part(tmp_path, capsys):
     assert '| backbone |' in printed and '| aten::' in printed
 
 
+def test_fused_attention_same_output_no_weights_then_restored():
+    import torch
+    from torch.profiler import profile
+
+    import stages
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(32, 2).eval()
+    q, kv = torch.randn(64, 1, 32), torch.randn(16, 1, 32)  # fewer keys: SegFormer's reduction
+    real = torch.nn.MultiheadAttention.forward
+    with torch.no_grad():
+        out, weights = attn(query=q, key=kv, value=kv)  # as mmseg's attention calls it
+        with stages.fused_attention(), profile() as prof:
+            fused, no_weights = attn(query=q, key=kv, value=kv)
+    assert weights.shape == (1, 64, 16) and no_weights is None
+    torch.testing.assert_close(fused, out)
+    ops = {e.key for e in prof.key_averages()}
+    assert 'aten::scaled_dot_product_attention' in ops and 'aten::_softmax' not in ops
+    assert torch.nn.MultiheadAttention.forward is real
+
+
 def test_allocation_round_tos_over_seeds(tmp_path, capsys):
     out = tmp_path / 'allocation.json'
     assert allocation.main(['--models', os.path.join(ROOT, 'configs/tiny/retinanet_r18_tiny.py'),

@@ -3,7 +3,7 @@
     python benchmarks/speed.py [--models retinanet_r50 ...] [--targets 0.7 0.5 0.3]
                                [--shape 512 512] [--runs 10] [--no-onnx] [--round-to N [M ...]]
                                [--fast-counts on off] [--allocation uniform latency]
-                               [--malloc steady|default]
+                               [--fused-attention] [--malloc steady|default]
                                [--out benchmarks/results/speed_DATE.json]
 
 For each model (random init; speed does not depend on the weights) the
@@ -16,9 +16,13 @@ through the RoI head) is timed *interleaved*
 (run k of every variant before run k+1 of any, order rotated, two warm-up
 calls each; medians), in PyTorch eager on CPU, in ONNX Runtime on CPU (not for
 two-stage detectors, whose RoI head needs the RPN's proposals in the graph),
-and on GPU when one is present. glibc malloc is first made to reuse its pages
-(``--malloc steady``, :func:`steady_malloc`): with its defaults the dense models
-paid page faults that the pruned ones did not, by the order of the models.
+and on GPU when one is present (``--fused-attention``: the eager timings with
+every ``nn.MultiheadAttention`` asked for no attention weights, which mmcv's and
+mmseg's attention wrappers ask for and drop, so that PyTorch runs its fused
+``scaled_dot_product_attention``; same outputs and structures). glibc malloc
+is first made to reuse its pages (``--malloc steady``, :func:`steady_malloc`):
+with its defaults the dense models paid page faults that the pruned ones did
+not, by the order of the models.
 Efficiency = speed-up / (dense FLOPs / pruned FLOPs), both FLOPs counted on that
 same inference forward (what ``target_flops`` aims at): 1.0 means the FLOPs
 saved turn fully into time saved. The counts of the pruner's traced graph
@@ -77,6 +81,23 @@ def raw_torch_pruning(model, batch, output_layers: list, ratio: float) -> float:
         forward_fn=lambda m, b: tensor_forward(m, b))
     pruner.step()
     return time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def fused_attention():
+    """While it lasts, ``nn.MultiheadAttention`` skips the attention weights that
+    its callers drop: its ``need_weights=False`` path calls PyTorch's fused
+    ``scaled_dot_product_attention`` (same output; the weights come back as None)."""
+    import torch.nn as nn
+    real = nn.MultiheadAttention.forward
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, **kwargs):
+        return real(self, query, key, value, key_padding_mask, False, **kwargs)
+    nn.MultiheadAttention.forward = forward
+    try:
+        yield
+    finally:
+        nn.MultiheadAttention.forward = real
 
 
 @contextlib.contextmanager
@@ -160,20 +181,20 @@ def bench_model(name: str, config: str, args) -> dict:
                                   flops_traced=count_flops_params(m, batch, tensor_forward)[0],
                                   round_to=rt, fast_counts=fast, allocation=alloc,
                                   prune_s=round(time.perf_counter() - t0, 2))
-    with torch.no_grad():
+    eager_mode = fused_attention() if args.fused_attention else contextlib.nullcontext()
+    with eager_mode, torch.no_grad():
         eager = interleaved_ms({k: (lambda v=v: inference_forward(v, batch))
                                 for k, v in variants.items()}, args.runs)
-    rec['eager_cpu_ms'] = {k: round(v, 2) for k, v in eager.items()}
-    if torch.cuda.is_available():
-        gbatch = dict(inputs=batch['inputs'].cuda(), data_samples=batch['data_samples'])
-        for v in variants.values():
-            v.cuda()
-        with torch.no_grad():
+        rec['eager_cpu_ms'] = {k: round(v, 2) for k, v in eager.items()}
+        if torch.cuda.is_available():
+            gbatch = dict(inputs=batch['inputs'].cuda(), data_samples=batch['data_samples'])
+            for v in variants.values():
+                v.cuda()
             gpu = interleaved_ms({k: (lambda v=v: inference_forward(v, gbatch))
                                   for k, v in variants.items()}, args.runs, torch.cuda.synchronize)
-        for v in variants.values():
-            v.cpu()
-        rec['eager_gpu_ms'] = {k: round(v, 3) for k, v in gpu.items()}
+            for v in variants.values():
+                v.cpu()
+            rec['eager_gpu_ms'] = {k: round(v, 3) for k, v in gpu.items()}
     two_stage = getattr(dense, 'roi_head', None) is not None
     if args.onnx and not two_stage:
         try:
@@ -283,6 +304,10 @@ def main(argv=None) -> int:
                    help="prune(allocation=...): the first (default: uniform, the library's "
                         "default) gives the plain rows, the others rows marked with their name")
     p.add_argument('--no-onnx', dest='onnx', action='store_false')
+    p.add_argument('--fused-attention', action='store_true',
+                   help='eager timings with nn.MultiheadAttention(need_weights=False), '
+                        "PyTorch's fused attention kernel (fused_attention; prunes and ONNX as "
+                        'without it)')
     add_run_options(p, 'speed')
     args = p.parse_args(argv)
     args.round_tos = [r or None for r in args.round_tos]

@@ -42,24 +42,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from speed import MODELS, add_run_options, apply_malloc, write_results  # noqa: E402
-
-
-@contextlib.contextmanager
-def fused_attention():
-    """While it lasts, ``nn.MultiheadAttention`` skips the attention weights that
-    its callers drop: its ``need_weights=False`` path calls PyTorch's fused
-    ``scaled_dot_product_attention`` (same output; the weights come back as None)."""
-    import torch.nn as nn
-    real = nn.MultiheadAttention.forward
-
-    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, **kwargs):
-        return real(self, query, key, value, key_padding_mask, False, **kwargs)
-    nn.MultiheadAttention.forward = forward
-    try:
-        yield
-    finally:
-        nn.MultiheadAttention.forward = real
+from speed import (MODELS, add_run_options, apply_malloc, fused_attention,  # noqa: E402
+                   write_results)
 
 
 def profile(model, batch, rounds: int):

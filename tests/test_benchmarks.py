@@ -105,14 +105,13 @@ def test_fused_attention_same_output_no_weights_then_restored():
     import torch
     from torch.profiler import profile
 
-    import stages
     torch.manual_seed(0)
     attn = torch.nn.MultiheadAttention(32, 2).eval()
     q, kv = torch.randn(64, 1, 32), torch.randn(16, 1, 32)  # fewer keys: SegFormer's reduction
     real = torch.nn.MultiheadAttention.forward
     with torch.no_grad():
         out, weights = attn(query=q, key=kv, value=kv)  # as mmseg's attention calls it
-        with stages.fused_attention(), profile() as prof:
+        with speed.fused_attention(), profile() as prof:
             fused, no_weights = attn(query=q, key=kv, value=kv)
     assert weights.shape == (1, 64, 16) and no_weights is None
     torch.testing.assert_close(fused, out)

@@ -16,10 +16,11 @@ through the RoI head) is timed *interleaved*
 (run k of every variant before run k+1 of any, order rotated, two warm-up
 calls each; medians), in PyTorch eager on CPU, in ONNX Runtime on CPU (not for
 two-stage detectors, whose RoI head needs the RPN's proposals in the graph),
-and on GPU when one is present (``--fused-attention``: the eager timings with
-every ``nn.MultiheadAttention`` asked for no attention weights, which mmcv's and
-mmseg's attention wrappers ask for and drop, so that PyTorch runs its fused
-``scaled_dot_product_attention``; same outputs and structures). glibc malloc
+and on GPU when one is present. ``--fused-attention`` runs the eager timings
+(CPU and GPU) with every ``nn.MultiheadAttention`` asked for no attention
+weights, which mmcv's and mmseg's attention wrappers ask for and drop, so that
+PyTorch runs its fused ``scaled_dot_product_attention`` (same outputs and
+structures; the prunes and the ONNX rows run without it). glibc malloc
 is first made to reuse its pages (``--malloc steady``, :func:`steady_malloc`):
 with its defaults the dense models paid page faults that the pruned ones did
 not, by the order of the models.

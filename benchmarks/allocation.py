@@ -20,7 +20,7 @@ ways, all with the library defaults otherwise (``group_l2``, ``round_to=8``):
 * ``first stage + latency``: both.
 
 The dense model and the pruned ones are timed interleaved in eager
-PyTorch on CPU (``tools/test.py``'s ``interleaved_ms``: run k of each before
+PyTorch on CPU (``mmprune.timing.interleaved_ms``: run k of each before
 run k+1 of any, two warm-ups, medians), ``--reps`` rounds of ``--runs`` runs,
 with glibc malloc made to reuse its pages (``--malloc``, see ``speed.steady_malloc``).
 Efficiency = speed-up x FLOPs fraction, per round and its mean over rounds.
@@ -43,12 +43,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from speed import (MODELS, add_run_options, apply_malloc,  # noqa: E402  (benchmarks/speed.py)
                    write_results)
-from test import interleaved_ms  # noqa: E402  (tools/test.py)
+from mmprune.timing import interleaved_ms  # noqa: E402
 
 FIRST_STAGE = ('backbone.conv1', 'backbone.stem', 'backbone.layer1')
 VARIANTS = ('uniform', 'latency', 'first stage', 'first stage + latency')

@@ -90,7 +90,7 @@ def variant_config(base: str, variant: str, args) -> str:
 
 
 def table(results: dict, target: float, iters: int) -> str:
-    from test import main_metric  # tools/test.py
+    from mmprune.evaluation import main_metric
     rows = [r for r in results.values() if r.get('metrics')]
     if not rows:
         return 'no finished variant'
@@ -125,7 +125,6 @@ def main(argv=None) -> dict:
     name = osp.splitext(osp.basename(args.config))[0]
     args.work_dir = args.work_dir or osp.join('work_dirs', f'criteria_{name}')
     os.makedirs(args.work_dir, exist_ok=True)
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
     from mmprune.checkpoint import atomic_write
     out = osp.join(args.work_dir, 'criteria.json')
     results = json.load(open(out))['results'] if osp.exists(out) else {}
@@ -137,7 +136,7 @@ def main(argv=None) -> dict:
         t0 = time.time()
         with open(osp.join(vdir, 'run.log'), 'w') as log:
             proc = subprocess.run(
-                [sys.executable, osp.join(ROOT, 'tools', 'prune_train.py'), cfg_path,
+                [sys.executable, '-m', 'mmprune', 'train', cfg_path,
                  '--checkpoint', args.checkpoint, '--work-dir', vdir, '--no-compare'],
                 stdout=log, stderr=subprocess.STDOUT)
         hook = hook_for(variant, args.target_flops, args.iters, args.schedule_importance)

@@ -3,7 +3,7 @@
     python benchmarks/roi_align.py [--rois 1000] [--channels 256 192 128] [--runs 5]
 
 RoI align has no FLOPs (no counter counts it), yet on 1000 proposals it is about half
-of a Faster R-CNN-R50 forward on CPU (README "Speed"). This times both kernels on a
+of a Faster R-CNN-R50 forward on CPU (docs/speed.md). This times both kernels on a
 128x128 feature map (the finest FPN level at 512x512) with random boxes, at 1 and 2
 threads, for each channel count, and checks that they agree.
 """

@@ -52,10 +52,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
 
-from test import interleaved_ms  # noqa: E402  (tools/test.py)
-from mmprune.latency import steady_malloc  # noqa: E402,F401  (re-exported: benchmarks call speed.steady_malloc)
+from mmprune.timing import interleaved_ms, steady_malloc  # noqa: E402,F401  (benchmarks call speed.steady_malloc)
 
 MODELS = {
     'retinanet_r50': 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
@@ -212,7 +210,7 @@ def onnx_ms(variants: dict, image, args, name: str) -> dict:
 
     import onnxruntime as ort
 
-    from export_onnx import TensorGraph, export  # tools/export_onnx.py
+    from mmprune.cli.export import TensorGraph, export
     sessions = {}
     import torch
     opts = ort.SessionOptions()

@@ -40,13 +40,13 @@ def task_of(model: nn.Module) -> str:
         from mmseg.models.segmentors import BaseSegmentor
         if isinstance(model, BaseSegmentor):
             return 'seg'
-    except ImportError:  # pragma: no cover - mmseg is a dependency
+    except ImportError:  # mmseg is an extra: an mmdet user may not have it
         pass
     try:
         from mmdet.models.detectors import BaseDetector
         if isinstance(model, BaseDetector):
             return 'det'
-    except ImportError:  # pragma: no cover
+    except ImportError:  # mmdet is an extra: an mmseg user may not have it
         pass
     raise TypeError(
         f'mmprune prunes mmdet detectors and mmseg segmentors, but got '
@@ -323,7 +323,7 @@ def _two_stage_rpn(model: nn.Module) -> Optional[nn.Module]:
     rpn_head = getattr(model, 'rpn_head', None)
     try:
         from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
-    except ImportError:  # pragma: no cover
+    except ImportError:  # mmdet is an extra: an mmseg user may not have it
         BaseDenseHead = ()
     if rpn_head is not None and getattr(model, 'roi_head', None) is not None \
             and isinstance(rpn_head, BaseDenseHead):
@@ -410,7 +410,7 @@ def tensor_forward(model: nn.Module, batch: Dict[str, Any],
     # previous stage's box regression, which would couple box deltas with feature channels
     try:
         from mmdet.models.roi_heads.roi_extractors import BaseRoIExtractor
-    except ImportError:  # pragma: no cover
+    except ImportError:  # mmdet is an extra: an mmseg user may not have it
         BaseRoIExtractor = ()
 
     def detach_rois(module, args):

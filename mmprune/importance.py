@@ -29,7 +29,7 @@ IMPORTANCES: Dict[str, Callable[..., Any]] = {
 }
 
 #: the default criterion, chosen by measurement: at 50 % FLOPs under one finetune
-#: budget it kept the most accuracy on BCCD and CamVid (README, "Choosing the
+#: budget it kept the most accuracy on BCCD and CamVid (docs/defaults.md, "Choosing the
 #: defaults"; ``benchmarks/criteria.py``)
 DEFAULT_IMPORTANCE = 'group_l2'
 

@@ -139,36 +139,3 @@ def group_weights(groups: Iterable[Tuple[str, List[Tuple[str, bool]]]],
         else:
             weights[root] = min(max((t / total_t) / (f / total_f), lo), hi)
     return weights
-
-
-#: glibc mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-
-
-def steady_malloc() -> bool:
-    """Make glibc malloc keep freed memory and serve every size from its heap
-    (``M_MMAP_MAX=0``, ``M_TRIM_THRESHOLD`` at 2 GiB), like jemalloc or tcmalloc.
-
-    By default glibc gives blocks over its mmap threshold (128 KiB, rising
-    to at most 32 MiB after such blocks are freed) fresh pages from the
-    kernel, which the forward then faults in and zeroes, every call, and it
-    trims the heap when its top is freed. How much of that a forward pays
-    depends on the tensors' sizes and on what the process ran before: a
-    dense DeepLabV3+-R50 at 512x512 took 2.4 s as the first model of a
-    process and 2.0 s as the fifth (after RetinaNet, Faster / Mask R-CNN and
-    PSPNet), while the pruned one took 1.09 s in both, so its efficiency
-    read 1.10 or 0.91 by the order of the models (README "Timing method").
-    With this the forwards reuse the heap's pages and the timing measures
-    the layers. It holds for the rest of the process (its memory stays at its
-    peak): the benchmarks and the tools' latency columns call it, the library
-    does not. Returns False where it cannot apply (not glibc).
-    """
-    import ctypes
-    import ctypes.util
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))

@@ -50,7 +50,7 @@ DEFAULT_ROUND_TO: Optional[int] = 8
 #: oneDNN's convolutions on AVX-512 CPUs split output channels into blocks of 16 and
 #: block those again by a divisor of their number; 3x3 convolutions at 64x64 and 32x32
 #: ran about 25 % slower per FLOP at prime block counts (7 % at 128x128) and fastest at
-#: multiples of 32 (``benchmarks/channels.py``, README "Speed" -> "Channel counts"), and
+#: multiples of 32 (``benchmarks/channels.py``, docs/speed.md, "Channel counts"), and
 #: the five CNNs of ``benchmarks/speed.py`` ran 0.08-0.16 more efficient at 50 % FLOPs
 #: (SegFormer-B0 0.02) with 2 threads on such a CPU. False: the nearest multiple.
 FAST_COUNTS = True
@@ -62,7 +62,7 @@ FAST_COUNTS_FROM = 128
 #: ... and layers at least this wide (before the prune) keep whole 16-channel blocks:
 #: their counts are multiples of ``lcm(round_to, 16)``, the block oneDNN's convolutions
 #: work in on AVX-512 CPUs. With it the five ResNet-50 models of ``benchmarks/speed.py``
-#: ran more efficient at 50 % FLOPs (README "Channel counts"); ``round_to=16`` on every
+#: ran more efficient at 50 % FLOPs (docs/speed.md, "Channel counts"); ``round_to=16`` on every
 #: layer did too, but cost the three MobileNetV2 recipes accuracy (a 32-channel layer
 #: could keep only 16 or 32 channels). None: off.
 BLOCKS_FROM: Optional[int] = 128
@@ -403,8 +403,12 @@ def prune(model: Union[nn.Module, str, Any],
     before = snapshot(model)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+    h, w = options['input_shape']
+
     def attempt() -> Tuple[List[str], int, int, int, str]:
         with tracing_state(model), follow_input_channels(model):
+            _log(f'tracing {type(model).__name__} (example input {h}x{w}) and building the '
+                 f'dependency graph')
             small = _trace_batch(model, cfg, batch, seed)
             built: List[Any] = []  # the dependency graph, built from the same forward
             try:
@@ -420,8 +424,12 @@ def prune(model: Union[nn.Module, str, Any],
             keep = list(ignored.values()) + [named[n] for n in output_layers] \
                 + _attention_projections(model)
             _check_prunable(ratio_matches, keep)
+            _log(f'{len(output_layers)} output layers kept; counting the FLOPs of the '
+                 f'inference forward')
             counter = FlopsCounter(model, batch, small, small_record)
             flops0, params0 = counter.dense, sum(p.numel() for p in model.parameters())
+            if allocation == 'latency':
+                _log('timing every layer for allocation=\'latency\'')
             # time per FLOP of what a deployed model runs (a two-stage detector's RoI
             # align and head on 1000 proposals, no auxiliary heads), as the FLOPs count
             latency = _Latency(layer_times(model, batch, forward=counter.forward),
@@ -438,7 +446,13 @@ def prune(model: Union[nn.Module, str, Any],
                              iterative_steps=1 if refine else iterative_steps,
                              latency=None if refine else latency)
                 try:  # the counting forward also lets follow_input_channels see the new channels
-                    return counter.count(model)
+                    flops = counter.count(model)
+                    what = 'global-ranking refinement' if refine else 'ratio'
+                    _log(f'{what} {ratio:.4f}{" (exact channel counts)" if exact else ""}: '
+                         f'FLOPs {flops / flops0:.1%} of dense' + (
+                             f' (target {float(target_flops):.1%})'
+                             if target_flops is not None else ''))
+                    return flops
                 except Exception as e:
                     h, w = counter.shape
                     raise RuntimeError(
@@ -454,6 +468,7 @@ def prune(model: Union[nn.Module, str, Any],
                     run, lambda: _restore(model, before, state), model, flops0,
                     float(target_flops), max_pruning_ratio))
                 flops1 = counter.count(model)
+            _log('checking that the pruned model still computes its loss')
             _check_loss(model, cfg, small, seed,
                         2 if _one_value_norms(model, counter.small_dense or counter.full) else 1)
             for p in model.parameters():
@@ -487,6 +502,12 @@ def prune(model: Union[nn.Module, str, Any],
     print_log(f'[mmprune] {result.summary()}; kept output layers: {output_layers}',
               logger='current', level=logging.INFO)
     return result
+
+
+def _log(message: str) -> None:
+    """One stage of :func:`prune` to mmengine's current logger (a prune of an R50
+    model takes tens of seconds, a ``target_flops`` search several trials)."""
+    print_log(f'[mmprune] {message}', logger='current', level=logging.INFO)
 
 
 def _bracket(run: Callable[[float], int], restore: Callable[[], None], dense: int,

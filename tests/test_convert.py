@@ -1,15 +1,13 @@
 """The MobileNetV2 converter: torchvision's ImageNet weights in mmdet's and mmseg's backbones."""
 import os.path as osp
-import sys
 
 import pytest
 import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
 WEIGHTS = osp.join(ROOT, '..', 'shared', 'data', 'weights', 'mobilenet_v2-b0353104.pth')
 
-import convert_mobilenetv2 as conv  # noqa: E402
+from mmprune.cli import convert_mobilenetv2 as conv  # noqa: E402
 
 
 def _torchvision(state):

@@ -1,19 +1,12 @@
-"""tools/prune.py option handling (the end-to-end runs are in test_host_tools.py)."""
-import importlib.util
-import os
+"""Option handling of `mmprune prune` and `mmprune train` (end to end: test_host_tools.py)."""
+import importlib
 
 import pytest
 from mmengine.config import Config
 
-from conftest import ROOT
-
 
 def _prune_tool(name='prune'):
-    spec = importlib.util.spec_from_file_location(f'{name}_tool',
-                                                  os.path.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f'mmprune.cli.{name}')
 
 
 def test_config_pruning_section_with_flag_overrides():
@@ -34,7 +27,7 @@ def test_bad_layer_ratio_flag_is_refused():
 
 
 def test_prune_train_distill_flags(capsys):
-    tool = _prune_tool('prune_train')
+    tool = _prune_tool('train')
     cfg = Config(dict(custom_hooks=[dict(type='mmprune.PruningHook', target_flops=0.5)]))
     tool.hook_cfg(cfg, tool.parse_args(['cfg.py', '--checkpoint', 'd.pth', '--distill', 'mse',
                                         '--distill-weight', '2']))

@@ -1,0 +1,102 @@
+"""Wall-clock timing of model forwards, the way the tools and benchmarks measure it.
+
+Latency on a shared, 2-core CPU moves with whatever else runs, so models are
+compared by timing them interleaved in one process (:func:`interleaved_ms`:
+run k of every model before run k+1 of any), after warm-up, as medians, with
+glibc's allocator made to reuse its pages (:func:`steady_malloc`). Timing is
+always optional: ``runs=0`` (``--latency-runs 0`` in the commands) skips it and
+the tables print ``-``.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Dict, Optional
+
+import torch
+
+#: glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def steady_malloc() -> bool:
+    """Make glibc malloc keep freed memory and serve every size from its heap
+    (``M_MMAP_MAX=0``, ``M_TRIM_THRESHOLD`` at 2 GiB), like jemalloc or tcmalloc.
+
+    By default glibc gives blocks over its mmap threshold (128 KiB, rising
+    to at most 32 MiB after such blocks are freed) fresh pages from the
+    kernel, which the forward then faults in and zeroes, every call, and it
+    trims the heap when its top is freed. How much of that a forward pays
+    depends on the tensors' sizes and on what the process ran before: a
+    dense DeepLabV3+-R50 at 512x512 took 2.4 s as the first model of a
+    process and 2.0 s as the fifth (after RetinaNet, Faster / Mask R-CNN and
+    PSPNet), while the pruned one took 1.09 s in both, so its efficiency
+    read 1.10 or 0.91 by the order of the models (docs/speed.md, "Timing method").
+    With this the forwards reuse the heap's pages and the timing measures
+    the layers. It holds for the rest of the process (its memory stays at its
+    peak): the benchmarks and the tools' latency columns call it, the library
+    does not. Returns False where it cannot apply (not glibc).
+    """
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
+def interleaved_ms(fns: Dict[str, Callable], runs: int, sync: Optional[Callable] = None) -> dict:
+    """Median ms per callable, timing run k of each before run k+1 of any (order
+    rotated, two warm-up rounds), so that load on the machine hits all alike.
+    ``runs <= 0`` times nothing and gives ``None`` for each."""
+    names = list(fns)
+    if runs <= 0:
+        return {n: None for n in names}
+    times = {n: [] for n in names}
+    for i in range(runs + 2):
+        order = names[i % len(names):] + names[:i % len(names)]
+        for n in order:
+            if sync:
+                sync()
+            t0 = time.perf_counter()
+            fns[n]()
+            if sync:
+                sync()
+            if i >= 2:
+                times[n].append((time.perf_counter() - t0) * 1000)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def median_ms(fn: Callable, runs: int, sync: Optional[Callable] = None) -> Optional[float]:
+    """Median wall time of ``fn()`` in ms over ``runs`` calls, after two warm-up
+    calls; ``None`` when ``runs <= 0``."""
+    return interleaved_ms({'fn': fn}, runs, sync)['fn']
+
+
+def device_sync(device) -> Optional[Callable]:
+    """What makes a timer wait for ``device``'s queued work (None on the CPU)."""
+    return torch.cuda.synchronize if torch.device(device).type == 'cuda' else None
+
+
+def forward_ms(model: torch.nn.Module, batch: dict, runs: int, device=None,
+               forward: Optional[Callable] = None) -> Optional[float]:
+    """Median wall time of ``forward(model, batch)`` (by default the inference
+    forward, :func:`mmprune.graph.inference_forward`) at the batch's size, in ms,
+    on ``device`` (default: where the model's parameters are; it is moved back
+    afterwards), with glibc malloc reusing its pages. ``None`` when ``runs <= 0``."""
+    if runs <= 0:
+        return None
+    if forward is None:
+        from .graph import inference_forward as forward
+    home = next(model.parameters(), torch.empty(0)).device
+    device = torch.device(device) if device is not None else home
+    steady_malloc()
+    model = model.to(device).eval()
+    b = dict(inputs=batch['inputs'].to(device), data_samples=batch['data_samples'])
+    with torch.no_grad():
+        ms = median_ms(lambda: forward(model, b), runs, device_sync(device))
+    model.to(home)
+    return ms

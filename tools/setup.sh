@@ -17,7 +17,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip install -q torch==2.9.1 torchvision==0.24.1
-# mmcv 2.1.0 has no wheel for torch 2.9: build it from source (~12 min on 2 cores, then
+# mmcv 2.1.0 has no wheel for torch 2.9: build it from source (~20-25 min on 2 cores, then
 # cached by pip). Its setup.py imports pkg_resources, hence setuptools<70.
 pip install -q "setuptools<70" wheel ninja psutil
 if ! python -c "import mmcv.ops" 2>/dev/null; then

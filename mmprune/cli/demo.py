@@ -1,7 +1,7 @@
 """The whole story on the embedded shapes dataset, with no downloads.
 
-    mmprune demo [--work-dir work_dirs/demo] [--targets 0.5] [--finetune-epochs 8]
-                 [--seed 0] [--retrain] [--data-root data/shapes/] [--epochs N]
+    mmprune demo [--work-dir work_dirs/demo] [--targets 0.5] [--finetune-epochs 16]
+                 [--finetune-lr 2e-3] [--seed 0] [--retrain] [--data-root data/shapes/] [--epochs N]
 
 (``python tools/demo.py`` takes the same arguments.)
 
@@ -10,7 +10,8 @@
 2. for each FLOPs target, runs the recommended recipe, as ``mmprune train``
    does: a ``PruningHook`` prunes the dense model in three steps (epochs 0, 1
    and 2, re-scoring in between) while it finetunes for ``--finetune-epochs``
-   epochs with the config's own optimizer and a cosine schedule;
+   epochs with the config's optimizer (AdamW) at ``--finetune-lr`` and a cosine
+   schedule;
 3. evaluates every model with mmdet's COCO metric, times them interleaved, and
    prints the dense-vs-pruned table; writes ``<work-dir>/demo.md``,
    ``demo.json`` and ``demo.png`` (metric vs FLOPs and vs latency).
@@ -73,8 +74,10 @@ def parse_args(argv=None):
     p.add_argument('--work-dir', default=osp.join('work_dirs', 'demo'))
     p.add_argument('--targets', type=float, nargs='+', default=[0.5],
                    help='FLOPs fractions of the dense model')
-    p.add_argument('--finetune-epochs', type=int, default=8,
+    p.add_argument('--finetune-epochs', type=int, default=16,
                    help='epochs of the pruning run (its three steps are at epochs 0, 1, 2)')
+    p.add_argument('--finetune-lr', type=float, default=2e-3,
+                   help='peak learning rate of the pruning run (default: the dense run\'s)')
     p.add_argument('--seed', type=int, default=0, help='randomness.seed of every run')
     p.add_argument('--latency-runs', type=int, default=10, help='timed runs (0: not timed)')
     p.add_argument('--retrain', action='store_true', help='train the dense model again')
@@ -105,7 +108,8 @@ def main(argv=None) -> dict:
             config, '--checkpoint', dense, '--target-flops', str(target),
             '--begin', '0', '--end', str(steps), '--interval', '1',
             '--work-dir', osp.join(args.work_dir, f'flops{target:g}'),
-            '--cfg-options', *data_options(args.data_root, args.finetune_epochs), *seed])
+            '--cfg-options', *data_options(args.data_root, args.finetune_epochs), *seed,
+            f'optim_wrapper.optimizer.lr={args.finetune_lr}'])
         pruned, dense_row = summary['compare']
         if not rows:
             rows.append(dict(dense_row, size='dense'))
@@ -116,7 +120,8 @@ def main(argv=None) -> dict:
     result = write_sizes(
         rows, args.work_dir, 'demo', args.latency_runs,
         f'seed {args.seed}; pruned in {steps} PruningHook steps while finetuning '
-        f'{args.finetune_epochs} epochs from the dense model', seed=args.seed)
+        f'{args.finetune_epochs} epochs from the dense model (AdamW, peak lr '
+        f'{args.finetune_lr:g}, cosine)', seed=args.seed)
     key = result['metric']
     dense_row, pruned = rows[0], rows[1:]
     print(f'\ndense {key} {dense_row["metrics"].get(key, float("nan")):.4f}; ' + '; '.join(

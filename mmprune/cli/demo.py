@@ -1,12 +1,14 @@
 """The whole story on the embedded shapes dataset, with no downloads.
 
     mmprune demo [--work-dir work_dirs/demo] [--targets 0.5] [--finetune-epochs 16]
-                 [--finetune-lr 2e-3] [--seed 0] [--retrain] [--data-root data/shapes/] [--epochs N]
+                 [--finetune-lr 2e-3] [--seed 0] [--retrain] [--data-root data/shapes/]
+                 [--epochs N]
 
 (``python tools/demo.py`` takes the same arguments.)
 
 1. trains the dense demo detector (``configs/demo/retinanet_r18_shapes.py``)
-   with the host Runner (reused from ``<work-dir>/dense`` when already there);
+   with the host Runner (reused from ``<work-dir>/dense`` when already there,
+   whatever seed trained it: give each seed its own ``--work-dir``);
 2. for each FLOPs target, runs the recommended recipe, as ``mmprune train``
    does: a ``PruningHook`` prunes the dense model in three steps (epochs 0, 1
    and 2, re-scoring in between) while it finetunes for ``--finetune-epochs``

@@ -143,7 +143,8 @@ def sizes_table(rows: List[dict], note: str, latency_runs: int) -> str:
              '|---|---|---|---|---|---|---|---|']
     for r in rows:
         v = r['metrics'].get(key, float('nan'))
-        lines.append(f"| {r['size']} | {v:.4f} | {v - dense['metrics'].get(key, float('nan')):+.4f} "
+        delta = v - dense['metrics'].get(key, float('nan'))
+        lines.append(f"| {r['size']} | {v:.4f} | {delta:+.4f} "
                      f"| {r['params'] / 1e6:.3f} | {r['flops'] / 1e9:.4f} | "
                      f"{r['flops'] / dense['flops']:.1%} | {format_ms(r['cpu_latency_ms'])} | "
                      f"{_speedup(dense['cpu_latency_ms'], r['cpu_latency_ms'])} |")

@@ -6,7 +6,7 @@ import importlib
 import logging
 import os
 import pprint
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -15,6 +15,7 @@ from mmengine.logging import MMLogger
 from mmengine.registry import DATASETS, MODELS, init_default_scope
 
 from .checkpoint import atomic_write, load_checkpoint_file
+from .structure import compose
 
 PRUNED_TYPE = 'mmprune.PrunedModel'
 
@@ -67,6 +68,18 @@ def is_pruned_config(cfg: Config) -> bool:
     return str(cfg.model.get('type', '')) in (PRUNED_TYPE, 'PrunedModel')
 
 
+def dense_model_cfg(cfg) -> dict:
+    """The host model config a pruned config's ``PrunedModel`` wraps."""
+    model = copy.deepcopy(dict(cfg.model))
+    arch = model.pop('architecture')
+    for key in ('structure', 'pruning', 'checkpoint'):
+        model.pop(key, None)
+    if isinstance(arch, dict):
+        return {**arch, **model}
+    model['type'] = arch
+    return model
+
+
 def build_model(cfg: Union[str, Config, dict], checkpoint: Optional[str] = None,
                 pretrained: bool = False) -> Tuple[nn.Module, Config]:
     """Build the config's model on CPU; load ``checkpoint`` strictly if given.
@@ -74,6 +87,8 @@ def build_model(cfg: Union[str, Config, dict], checkpoint: Optional[str] = None,
     Without a checkpoint the model gets its own random init; pretrained
     backbone downloads are dropped unless ``pretrained`` is set.
     """
+    if checkpoint is not None and not os.path.isfile(checkpoint):  # before a long build
+        raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     cfg = load_config(cfg)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     model_cfg = copy.deepcopy(cfg.model)
@@ -189,7 +204,7 @@ def pruned_config_text(cfg: Config, base_name: str, structure: Dict[str, Any],
         '# Pruned by mmprune. The dense model is the _base_; `structure` lists, per pruned',
         '# layer, the attributes that changed (kept channels) and the new tensor shapes.',
         *(f'# {k}: {v}' for k, v in summary.items()),
-        f"_base_ = './{base_name}'",
+        f'_base_ = {"./" + base_name!r}',
         '',
         'structure = ' + pprint.pformat(structure, width=100, sort_dicts=False),
         '',
@@ -206,14 +221,74 @@ def pruned_config_text(cfg: Config, base_name: str, structure: Dict[str, Any],
 
 def write_pruned_config(cfg: Config, structure: Dict[str, Any], out_dir: str, name: str,
                         summary: Dict[str, Any]) -> Tuple[str, str]:
-    """Write ``<name>_dense.py`` (``cfg`` as it is) and ``<name>_pruned.py`` (a readable
-    delta on it); returns both paths."""
-    dense_path = os.path.join(out_dir, f'{name}_dense.py')
-    cfg_path = os.path.join(out_dir, f'{name}_pruned.py')
+    """Write ``<name>_dense.py`` (the dense ``cfg``) and then ``<name>_pruned.py`` (a
+    readable delta on it); returns both paths. A pruned ``cfg`` is saved as its dense
+    parent with the structures composed (:func:`dense_parent`)."""
+    cfg, structure = dense_parent(cfg, structure)
+    dense_path, cfg_path, _ = output_paths(out_dir, name)
     atomic_write(dense_path, lambda p: cfg.dump(p), overwrite=True)
     text = pruned_config_text(cfg, os.path.basename(dense_path), structure, summary)
     atomic_write(cfg_path, lambda p: open(p, 'w').write(text), overwrite=True)
     return dense_path, cfg_path
+
+
+def dense_parent(cfg: Config, structure: Optional[Dict[str, Any]] = None
+                 ) -> Tuple[Config, Optional[Dict[str, Any]]]:
+    """The dense config behind ``cfg``, and ``structure`` made relative to it.
+
+    A pruned config (``PrunedModel`` with ``structure``) that is pruned again
+    saves as one pruned config on the original dense model: the two
+    structures are composed. A config that prunes while it builds
+    (``pruning=``) records no structure to compose with, so it is refused.
+    """
+    if not is_pruned_config(cfg):
+        return cfg, structure
+    base = cfg.model.get('structure')
+    if base is None:
+        raise ValueError(
+            f'{cfg.filename or "the config"} prunes while it builds (PrunedModel pruning=) '
+            f'and records no structure, so a further prune cannot be saved against it; '
+            f'prune its dense config (the architecture it names) with all the options at '
+            f'once, or save the model it builds with mmprune.save_pruned and prune that')
+    dense = copy.deepcopy(cfg)
+    dense.model = dense_model_cfg(cfg)
+    if dense.get('structure') == base:  # the top-level variable a written pruned config has
+        dense.pop('structure')
+    return dense, (compose(base, structure) if structure is not None else None)
+
+
+def output_paths(out_dir: str, name: str) -> Tuple[str, str, str]:
+    """``<name>_dense.py``, ``<name>_pruned.py`` and ``<name>_pruned.pth`` in ``out_dir``."""
+    check_name(name)
+    return tuple(os.path.join(out_dir, f'{name}{suffix}')  # type: ignore[return-value]
+                 for suffix in ('_dense.py', '_pruned.py', '_pruned.pth'))
+
+
+def check_name(name: str) -> None:
+    """A file stem that the written config can name as its ``_base_``: mmengine substitutes
+    ``{{ ... }}`` in config text, and a separator would write into another folder."""
+    if not name or any(s in name for s in ('{{', '}}', '/', os.sep, '\n')):
+        raise ValueError(f'output name {name!r} cannot name a config file: it must be '
+                         f'non-empty, without path separators, newlines or "{{{{" / "}}}}"')
+
+
+def check_outputs(paths: Sequence[str], overwrite: bool) -> None:
+    """Refuse to replace existing outputs without ``overwrite``, before any work.
+
+    The pruned config is written after the checkpoint and the dense config (see
+    :func:`save_pruned`), so where it is missing they are leftovers of an interrupted
+    save, and are replaced.
+    """
+    if overwrite:
+        return
+    marker = next((p for p in paths if p.endswith('_pruned.py')), None)
+    interrupted = marker is not None and not os.path.exists(marker)
+    for path in paths:
+        if interrupted and path.endswith(('_dense.py', '_pruned.pth')):
+            continue  # written before the pruned config by a save that did not finish
+        if os.path.exists(path):
+            raise FileExistsError(f'{path} exists; pass overwrite=True (--overwrite) '
+                                  f'to replace it')
 
 
 def save_pruned(model: nn.Module, structure: Dict[str, Any], cfg: Config, out_dir: str,
@@ -225,26 +300,21 @@ def save_pruned(model: nn.Module, structure: Dict[str, Any], cfg: Config, out_di
     ``meta`` with ``dataset_meta`` and ``mmprune`` (structure and summary).
     Returns the pruned config and checkpoint paths.
     """
-    if is_pruned_config(cfg):
-        raise ValueError('save_pruned expects the dense config the model was built from')
     name = name or os.path.splitext(os.path.basename(cfg.filename or 'model'))[0]
-    dense_path = os.path.join(out_dir, f'{name}_dense.py')
-    cfg_path = os.path.join(out_dir, f'{name}_pruned.py')
-    ckpt_path = os.path.join(out_dir, f'{name}_pruned.pth')
-    if not overwrite:
-        for path in (dense_path, cfg_path, ckpt_path):
-            if os.path.exists(path):
-                raise FileExistsError(f'{path} exists; pass overwrite=True (--overwrite) '
-                                      f'to replace it')
+    cfg, structure = dense_parent(cfg, structure)
+    dense_path, cfg_path, ckpt_path = output_paths(out_dir, name)
+    check_outputs(output_paths(out_dir, name), overwrite)
     summary = dict(summary or {})
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     meta = dict(mmprune=dict(structure=structure, summary=summary))
     ds_meta = dataset_meta(cfg, model)
     if ds_meta:
         meta['dataset_meta'] = ds_meta
-    write_pruned_config(cfg, structure, out_dir, name, summary)
+    # the checkpoint first, the pruned config last: an interrupted save never leaves a
+    # pruned config beside a checkpoint that does not fit it
     atomic_write(ckpt_path, lambda p: torch.save(dict(state_dict=state, meta=meta), p),
                  overwrite=True)
+    write_pruned_config(cfg, structure, out_dir, name, summary)
     return cfg_path, ckpt_path
 
 

@@ -84,10 +84,44 @@ def load_checkpoint_file(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
     allow_mmengine_types()
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ValueError(_unreadable(path, e)) from e
     if not isinstance(ckpt, dict):
         raise ValueError(f'{path} is not a checkpoint dict (got {type(ckpt).__name__})')
     return ckpt
+
+
+def remove_stale_temporaries(path: str) -> None:
+    """Remove the temporary files an interrupted :func:`atomic_write` of ``path`` left."""
+    folder = os.path.dirname(os.path.abspath(path))
+    suffix = '-' + os.path.basename(path)
+    if os.path.isdir(folder):
+        for entry in os.listdir(folder):
+            if entry.startswith('.tmp-') and entry.endswith(suffix):
+                os.remove(os.path.join(folder, entry))
+
+
+def _unreadable(path: str, error: Exception) -> str:
+    """Why ``path`` did not load, with advice that fits (torch's own hint to set
+    ``weights_only=False`` is wrong for a file that is not a checkpoint at all)."""
+    import zipfile
+    size = os.path.getsize(path)
+    with open(path, 'rb') as f:
+        head = f.read(2)
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if size == 0:
+        return f'checkpoint {path} is empty (0 bytes): an interrupted copy or save?'
+    if zipfile.is_zipfile(path) or head[:1] == b'\x80' or head == b'PK':
+        if isinstance(error, pickle.UnpicklingError) and 'weights_only' in str(error).lower():
+            return (f'checkpoint {path} holds Python objects other than tensors and plain data, '
+                    f'which loading with weights_only=True refuses ({first}). If you trust the '
+                    f'file, re-save its state_dict with torch.save (tensors only).')
+        return (f'checkpoint {path} ({size} bytes) could not be read ({type(error).__name__}: '
+                f'{first}); the file looks truncated or damaged: copy or save it again')
+    return (f'{path} is not a PyTorch checkpoint (it starts with {head!r}, neither a zip '
+            f'archive nor a pickle); give the .pth file that torch.save or a Runner wrote')
 
 
 def atomic_write(path: str, write: Callable[[str], None], overwrite: bool = False) -> str:
@@ -100,6 +134,7 @@ def atomic_write(path: str, write: Callable[[str], None], overwrite: bool = Fals
         raise FileExistsError(f'{path} exists; pass overwrite=True (--overwrite) to replace it')
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    remove_stale_temporaries(path)
     # the temporary name keeps the extension: writers such as Config.dump go by it
     fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='-' + os.path.basename(path))
     os.close(fd)

@@ -28,10 +28,10 @@ from mmengine.model import is_model_wrapper
 
 from .checkpoint import allow_mmengine_types
 from .graph import make_batch, tracing_state
-from .importance import DEFAULT_IMPORTANCE, build_importance
-from .pruner import _check_ratio, count_flops_params, prune
+from .importance import DEFAULT_IMPORTANCE
+from .pruner import check_options, count_flops_params, match_modules, prune
 from .registry import HOOKS
-from .structure import apply_structure, is_empty, structure_hash
+from .structure import apply_structure, compose, is_empty, structure_hash
 from .tracking import remap_optimizer, slice_copy, slices_by_name, track_slices
 
 RAMPS = ('linear', 'cubic')
@@ -42,16 +42,6 @@ META_KEY = 'mmprune'
 FLOPS_COUNTER = 'macs-per-image'
 _PRUNE_OPTIONS = ('global_pruning', 'pruning_ratio_dict', 'max_pruning_ratio', 'round_to',
                   'ignored_layers', 'iterative_steps', 'allocation', 'seed')
-
-
-def compose(first: Dict[str, Any], then: Dict[str, Any]) -> Dict[str, Any]:
-    """The structure of applying ``first`` and then ``then`` to a dense model."""
-    layers = {k: dict(v) for k, v in first.get('layers', {}).items()}
-    for name, attrs in then.get('layers', {}).items():
-        layers.setdefault(name, {}).update(attrs)
-    shapes = dict(first.get('shapes', {}))
-    shapes.update(then.get('shapes', {}))
-    return dict(version=then.get('version', first.get('version')), layers=layers, shapes=shapes)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -106,12 +96,12 @@ class PruningHook(Hook):
         if (pruning_ratio is None) == (target_flops is None) and not options.get(
                 'pruning_ratio_dict'):
             raise ValueError('PruningHook needs exactly one of pruning_ratio and target_flops')
+        # the options of prune() are checked now, when the config is read, not at the first step
+        checked = check_options(importance=importance, target_flops=target_flops, **options,
+                                **({} if pruning_ratio is None else
+                                   dict(pruning_ratio=pruning_ratio)))
         if pruning_ratio is not None:
-            pruning_ratio = _check_ratio('pruning_ratio', pruning_ratio)
-        if target_flops is not None and (isinstance(target_flops, bool) or not isinstance(
-                target_flops, (int, float)) or not 0 < target_flops <= 1):
-            raise ValueError(f'target_flops must be a fraction in (0, 1], but got '
-                             f'{target_flops!r}')
+            pruning_ratio = checked['pruning_ratio']
         if ramp not in RAMPS:
             raise ValueError(f'ramp must be one of {RAMPS}, but got {ramp!r}')
         for key, value in (('begin', begin), ('interval', interval)):
@@ -120,7 +110,6 @@ class PruningHook(Hook):
                                  f'int, but got {value!r}')
         if end is not None and (not isinstance(end, int) or end <= begin):
             raise ValueError(f'end must be an int above begin={begin}, or None, but got {end!r}')
-        build_importance(importance)  # an unknown criterion fails when the config is read
         self.importance = importance
         self.pruning_ratio = pruning_ratio
         self.target_flops = target_flops
@@ -164,12 +153,47 @@ class PruningHook(Hook):
 
     # ---- runner events ----------------------------------------------------------------
     def before_train(self, runner) -> None:
+        self._check_run(runner)
         if self.dense is None:  # not restored from a checkpoint: the model is dense now
             self.dense = self._count(runner)
             self.current = dict(self.dense)
             runner.logger.info(f'[mmprune] dense model: {self.dense["params"] / 1e6:.2f}M params, '
                                f'{self.dense["flops"] / 1e9:.3f}G FLOPs; pruning at '
                                f'{"epochs" if self.by_epoch else "iterations"} {self.points}')
+
+    def _check_run(self, runner) -> None:
+        """Refuse, before any training, a schedule or option this run cannot carry out."""
+        hooks = [h for h in runner.hooks if isinstance(h, PruningHook)]
+        if len(hooks) > 1:
+            raise ValueError(f'{len(hooks)} PruningHooks in one run: each would prune the '
+                             f'model again and their records would disagree; keep one '
+                             f'(begin/end/interval give it several steps)')
+        from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
+        loop = runner.train_loop
+        todo = [p for p in self.points if p not in self.done]
+        unit = 'epoch' if self.by_epoch else 'iteration'
+        if self.by_epoch and isinstance(loop, IterBasedTrainLoop) and self.points != [0]:
+            raise ValueError(
+                f'PruningHook(by_epoch=True) steps at epochs {self.points}, but the train loop '
+                f'counts iterations (max_iters={loop.max_iters}) and has one epoch; set '
+                f'by_epoch=False and give begin/end/interval in iterations')
+        if isinstance(loop, (EpochBasedTrainLoop, IterBasedTrainLoop)):
+            last = (loop.max_epochs if self.by_epoch and isinstance(loop, EpochBasedTrainLoop)
+                    else loop.max_iters)
+            late = [p for p in todo if p >= last]
+            if late:
+                what = ('no pruning step would run' if late == todo else
+                        f'{len(late)} of its {len(self.points)} steps would not run and the '
+                        f'target would not be reached')
+                raise ValueError(
+                    f'PruningHook steps at {unit}s {late} fall after the end of training '
+                    f'(max_{unit}s={last}, {unit}s 0..{last - 1}): {what}; give begin/end '
+                    f'below {last}')
+        model = _unwrap(runner.model)
+        if self.options.get('ignored_layers'):
+            match_modules(model, self.options['ignored_layers'], 'ignored_layers entry')
+        for pattern in self.options.get('pruning_ratio_dict') or {}:
+            match_modules(model, pattern, 'pruning_ratio_dict key')
 
     def before_train_epoch(self, runner) -> None:
         if self.by_epoch:

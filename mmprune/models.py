@@ -35,7 +35,7 @@ import torch.nn as nn
 from mmengine.registry import MODELS as ROOT_MODELS
 
 from .registry import MODELS
-from .structure import apply_structure
+from .structure import apply_structure, guard_loading
 
 
 @MODELS.register_module(name='PrunedModel')
@@ -73,7 +73,8 @@ def build_pruned_model(architecture: Union[str, Dict[str, Any]],
                          'weights of a pruned config load the usual way (load_from, init_detector)')
     model = ROOT_MODELS.build(arch)
     if structure is not None:
-        return apply_structure(model, structure)
+        dense = _shapes(model, structure)
+        return guard_loading(apply_structure(model, structure), structure, dense)
     from mmengine.logging import print_log
 
     from .apis import _quiet_init_weights, load_weights
@@ -87,8 +88,15 @@ def build_pruned_model(architecture: Union[str, Dict[str, Any]],
                 m._is_init = True
     else:
         _quiet_init_weights(model)
+    dense_shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     result = prune(model, **options)
+    guard_loading(model, result.structure, dense_shapes)
     print_log(f'[mmprune] PrunedModel built and pruned: structure '
               f'{structure_hash(result.structure)}; {result.summary()}', logger='current',
               level=logging.INFO)
     return model
+
+
+def _shapes(model: nn.Module, structure: Dict[str, Any]) -> Dict[str, list]:
+    tensors = model.state_dict(keep_vars=True)
+    return {k: list(tensors[k].shape) for k in structure.get('shapes', {}) if k in tensors}

@@ -16,7 +16,8 @@ import itertools
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple,
+                    Union)
 
 import torch
 import torch.nn as nn
@@ -288,10 +289,44 @@ def _loss(model: nn.Module, batch: Dict[str, Any]) -> torch.Tensor:
 
 
 def _restore(model: nn.Module, before: Dict[str, Any], state: Dict[str, torch.Tensor]) -> None:
-    apply_structure(model, structure_between(snapshot(model), before))
+    apply_structure(model, structure_between(snapshot(model), before), check_edits=False)
     model.load_state_dict(state)
     for p in model.parameters():
         p.grad = None
+
+
+def check_options(*, pruning_ratio: float = 0.5, importance: Any = DEFAULT_IMPORTANCE,
+                  target_flops: Optional[float] = None, max_pruning_ratio: float = 1.0,
+                  iterative_steps: int = 1, round_to: Optional[int] = DEFAULT_ROUND_TO,
+                  allocation: str = 'uniform', global_pruning: bool = False,
+                  pruning_ratio_dict: Optional[Dict[str, float]] = None,
+                  **_: Any) -> Dict[str, Any]:
+    """Check the options of :func:`prune` that need no model; one clear error each.
+
+    Shared by :func:`prune` and :class:`mmprune.PruningHook` (which checks them when
+    the config is read, not after epochs of training). Returns the checked
+    ``pruning_ratio`` and ``pruning_ratio_dict`` (its ratios as floats).
+    """
+    pruning_ratio = _check_ratio('pruning_ratio', pruning_ratio)
+    if target_flops is not None and (isinstance(target_flops, bool) or not isinstance(
+            target_flops, (int, float)) or not 0 < target_flops <= 1):
+        raise ValueError(f'target_flops must be a fraction in (0, 1], but got {target_flops!r}')
+    if not (isinstance(max_pruning_ratio, (int, float)) and 0 < max_pruning_ratio <= 1):
+        raise ValueError(f'max_pruning_ratio must be in (0, 1], but got {max_pruning_ratio!r}')
+    if not isinstance(iterative_steps, int) or iterative_steps < 1:
+        raise ValueError(f'iterative_steps must be a positive int, but got {iterative_steps!r}')
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
+                                 or round_to < 1):
+        raise ValueError(f'round_to must be a positive int or None, but got {round_to!r}')
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f'allocation must be one of {ALLOCATIONS}, but got {allocation!r}')
+    if allocation != 'uniform' and global_pruning:
+        raise ValueError(f'allocation={allocation!r} sets each group\'s ratio; it does not '
+                         f'combine with global_pruning=True (one ranking across layers)')
+    ratio_patterns = {k: _check_ratio(f'pruning_ratio_dict[{k!r}]', v)
+                      for k, v in (pruning_ratio_dict or {}).items()}
+    build_importance(importance)  # bad kwargs fail before anything is built
+    return dict(pruning_ratio=pruning_ratio, pruning_ratio_dict=ratio_patterns)
 
 
 def prune(model: Union[nn.Module, str, Any],
@@ -355,27 +390,15 @@ def prune(model: Union[nn.Module, str, Any],
         PruneResult: the pruned model (same object when a model was given),
         its structure and the params/FLOPs before and after.
     """
-    pruning_ratio = _check_ratio('pruning_ratio', pruning_ratio)
-    name = importance_name(importance)
-    if target_flops is not None and (isinstance(target_flops, bool) or not isinstance(
-            target_flops, (int, float)) or not 0 < target_flops <= 1):
-        raise ValueError(f'target_flops must be a fraction in (0, 1], but got {target_flops!r}')
-    if not (isinstance(max_pruning_ratio, (int, float)) and 0 < max_pruning_ratio <= 1):
-        raise ValueError(f'max_pruning_ratio must be in (0, 1], but got {max_pruning_ratio!r}')
-    if not isinstance(iterative_steps, int) or iterative_steps < 1:
-        raise ValueError(f'iterative_steps must be a positive int, but got {iterative_steps!r}')
-    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
-        raise ValueError(f'round_to must be a positive int or None, but got {round_to!r}')
-    if allocation not in ALLOCATIONS:
-        raise ValueError(f'allocation must be one of {ALLOCATIONS}, but got {allocation!r}')
-    if allocation != 'uniform' and global_pruning:
-        raise ValueError(f'allocation={allocation!r} sets each group\'s ratio; it does not '
-                         f'combine with global_pruning=True (one ranking across layers)')
     if isinstance(ignored_layers, str):
         ignored_layers = [ignored_layers]
-    ratio_patterns = {k: _check_ratio(f'pruning_ratio_dict[{k!r}]', v)
-                      for k, v in (pruning_ratio_dict or {}).items()}
-    build_importance(importance)  # bad kwargs fail before anything is built
+    checked = check_options(pruning_ratio=pruning_ratio, importance=importance,
+                            target_flops=target_flops, max_pruning_ratio=max_pruning_ratio,
+                            iterative_steps=iterative_steps, round_to=round_to,
+                            allocation=allocation, global_pruning=global_pruning,
+                            pruning_ratio_dict=pruning_ratio_dict)
+    pruning_ratio, ratio_patterns = checked['pruning_ratio'], checked['pruning_ratio_dict']
+    name = importance_name(importance)
 
     if not isinstance(model, nn.Module):
         from .apis import build_model
@@ -463,10 +486,14 @@ def prune(model: Union[nn.Module, str, Any],
 
             if target_flops is None:
                 flops1 = run(pruning_ratio) if pruning_ratio > 0 or ratio_dict else flops0
+            elif target_flops >= 1:  # the dense model is the target: nothing to prune
+                options.update(pruning_ratio=0.0)
+                flops1 = flops0
             else:
                 options.update(_search_flops(
                     run, lambda: _restore(model, before, state), model, flops0,
-                    float(target_flops), max_pruning_ratio))
+                    float(target_flops), max_pruning_ratio, rounded=bool(round_to)
+                    and round_to > 1))
                 flops1 = counter.count(model)
             _log('checking that the pruned model still computes its loss')
             _check_loss(model, cfg, small, seed,
@@ -555,7 +582,8 @@ def _bracket(run: Callable[[float], int], restore: Callable[[], None], dense: in
 
 
 def _search_flops(run: Callable[..., int], restore: Callable[[], None], model: nn.Module,
-                  dense: int, target: float, max_ratio: float) -> Dict[str, float]:
+                  dense: int, target: float, max_ratio: float,
+                  rounded: bool = True) -> Dict[str, Any]:
     """Prune ``model`` to ``target`` of the dense FLOPs, within :data:`FLOPS_TOLERANCE`.
 
     A uniform ratio moves FLOPs in steps when layers are narrow, so when no
@@ -567,12 +595,32 @@ def _search_flops(run: Callable[..., int], restore: Callable[[], None], model: n
     # a uniform ratio within 3x the tolerance above the target is left to the refinement
     ratio, frac, met, pruned = _bracket(run, restore, dense, target, cap,
                                         1 - math.sqrt(target), near=3 * FLOPS_TOLERANCE)
+    exact_counts: Dict[str, Any] = {}
+    if ratio >= cap and rounded:
+        # rounded counts keep at least round_to channels per layer, a floor under the
+        # FLOPs of a deep prune: search again with exact counts
+        print_log(f'[mmprune] target_flops={target} is below what rounded channel counts '
+                  f'reach ({frac:.1%} at ratio {cap:.3f}); searching with exact counts '
+                  f'(round_to=None)', logger='current', level=logging.WARNING)
+        if pruned:
+            restore()
+        exact_counts = dict(round_to=None)
+        base_run = run
+
+        def run(ratio: float, refine: bool = False, exact: bool = False) -> int:
+            return base_run(ratio, refine=refine, exact=True)
+
+        ratio, frac, met, pruned = _bracket(run, restore, dense, target, cap,
+                                            1 - math.sqrt(target), near=3 * FLOPS_TOLERANCE)
     if met:
-        return dict(pruning_ratio=ratio)
+        return dict(pruning_ratio=ratio, **exact_counts)
     if ratio >= cap:
         raise ValueError(
             f'target_flops={target} is unreachable: at the largest allowed ratio {cap:.3f} '
-            f'(max_pruning_ratio={max_ratio}) FLOPs are still {frac:.1%} of dense')
+            f'(max_pruning_ratio={max_ratio}) FLOPs are still {frac:.1%} of dense'
+            + (' with exact channel counts' if rounded else '')
+            + '; the layers kept whole (output layers, ignored_layers) set a floor. Ask for '
+              'more FLOPs, or a higher max_pruning_ratio')
     if ratio > 0 and not pruned:
         run(ratio)
     before = snapshot(model)
@@ -593,8 +641,8 @@ def _search_flops(run: Callable[..., int], restore: Callable[[], None], model: n
         print_log(f'[mmprune] target_flops={target} not met within {FLOPS_TOLERANCE:.0%}: '
                   f'{final:.1%} of the FLOPs before this prune', logger='current',
                   level=logging.WARNING)
-    return dict(pruning_ratio=ratio, global_refine_ratio=extra,
-                **(dict(refine_round_to=None) if exact else {}))
+    return dict(pruning_ratio=ratio, global_refine_ratio=extra, **exact_counts,
+                **(dict(refine_round_to=None) if exact and not exact_counts else {}))
 
 
 @contextlib.contextmanager
@@ -983,23 +1031,52 @@ def _train_batches(cfg, num_batches: int) -> Optional[List[Dict[str, Any]]]:
     return batches
 
 
+@contextlib.contextmanager
+def loss_mode(model: nn.Module, seed: int = 0) -> Iterator[None]:
+    """The mode a gradient criterion's loss runs in; every module's mode restored after.
+
+    The loss is computed as in training, because some heads' forward depends on
+    ``self.training`` (RepPoints returns an extra output, KNet's decode head every
+    stage, Deformable DETR's head the encoder's proposals) and their loss expects
+    the training outputs. Two things are set deliberately instead of as in training:
+    batch norms use their running statistics (a handful of example images would
+    give noisy batch statistics, and the running ones must not move), and dropout
+    or drop-path draw from a fixed seed, so that a criterion scores the same
+    weights the same way every time.
+    """
+    modes = {m: m.training for m in model.modules()}
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            model.train()
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+            yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
 def _accumulate_gradients(model: nn.Module, data, num_batches: int, imp,
                           per_sample: bool) -> None:
     model.zero_grad(set_to_none=True)
     if per_sample:
         imp.zero_grad()
     used = 0
-    for batch in data:
-        if used >= num_batches:
-            break
-        if 'inputs' in batch and isinstance(batch['inputs'], list):  # raw dataloader batch
-            batch = model.data_preprocessor(batch, True)
-        if per_sample:
-            model.zero_grad(set_to_none=True)
-        _loss(model, batch).backward()
-        if per_sample:
-            imp.accumulate_grad(model)
-        used += 1
+    with loss_mode(model):
+        for batch in data:
+            if used >= num_batches:
+                break
+            if 'inputs' in batch and isinstance(batch['inputs'], list):  # a dataloader's batch
+                batch = model.data_preprocessor(batch, True)
+            if per_sample:
+                model.zero_grad(set_to_none=True)
+            _loss(model, batch).backward()
+            if per_sample:
+                imp.accumulate_grad(model)
+            used += 1
     if used == 0:
         raise ValueError(f'importance {type(imp).__name__} needs data, but the given '
                          'data (dataloader) yielded no batch')

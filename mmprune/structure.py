@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Dict, List
+import re
+import sys
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -77,6 +79,16 @@ def is_empty(structure: Dict[str, Any]) -> bool:
     return not structure.get('layers') and not structure.get('shapes')
 
 
+def compose(first: Dict[str, Any], then: Dict[str, Any]) -> Dict[str, Any]:
+    """The structure of applying ``first`` and then ``then`` to a dense model."""
+    layers = {k: dict(v) for k, v in first.get('layers', {}).items()}
+    for name, attrs in then.get('layers', {}).items():
+        layers.setdefault(name, {}).update(attrs)
+    shapes = dict(first.get('shapes', {}))
+    shapes.update(then.get('shapes', {}))
+    return dict(version=then.get('version', first.get('version')), layers=layers, shapes=shapes)
+
+
 def structure_hash(structure: Dict[str, Any]) -> str:
     """A short stable hash, equal for equal structures (e.g. across DDP ranks)."""
     text = json.dumps(structure, sort_keys=True, separators=(',', ':'))
@@ -92,7 +104,7 @@ def kept_channels(structure: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
             if any(k in keys for k in attrs)}
 
 
-def _check(model: nn.Module, structure: Dict[str, Any]) -> None:
+def _check(model: nn.Module, structure: Dict[str, Any], edits: bool = True) -> None:
     if not isinstance(structure, dict) or structure.get('version') != STRUCTURE_VERSION:
         raise ValueError(
             f'Not an mmprune structure (version {STRUCTURE_VERSION} expected): '
@@ -110,16 +122,100 @@ def _check(model: nn.Module, structure: Dict[str, Any]) -> None:
         if unknown:
             raise KeyError(f'Layer {name!r} ({type(modules[name]).__name__}) has no '
                            f'attribute(s) {unknown} named by the pruned structure')
+        for key, value in attrs.items():
+            if edits:
+                _check_value(name, modules[name], key, value)
+    if not edits:
+        return
+    for name, shape in structure.get('shapes', {}).items():
+        if not (isinstance(shape, (list, tuple)) and len(shape) == tensors[name].dim() and all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+            raise ValueError(f'the pruned structure gives tensor {name!r} the shape {shape!r}; '
+                             f'expected {tensors[name].dim()} non-negative ints')
+    _check_consistent(model, structure)
 
 
-def apply_structure(model: nn.Module, structure: Dict[str, Any]) -> nn.Module:
+#: attributes pruning changes: channel, feature, dimension, head and group counts. Geometry
+#: (kernel_size, stride, padding, dilation ...) and numerics (eps, momentum) never change, so
+#: a structure naming them was edited, and applying it would silently change the outputs.
+_PRUNABLE_ATTR = re.compile(r'^(groups|[kv]dim|normalized_shape)$'
+                            r'|(^|_)(channels|features|dims?|heads)$')
+
+
+def _check_value(name: str, module: nn.Module, key: str, value: Any) -> None:
+    old = getattr(module, key)
+    where = f'layer {name!r} ({type(module).__name__}) attribute {key!r}'
+    if not _PRUNABLE_ATTR.search(key):
+        raise ValueError(f'the pruned structure sets {where} = {value!r}, which pruning never '
+                         f'changes (only channel, feature, dimension, head and group counts)')
+    olds = list(old) if isinstance(old, (tuple, list, torch.Size)) else [old]
+    news = list(value) if isinstance(value, (tuple, list)) else [value]
+    counts = all(isinstance(v, int) and not isinstance(v, bool) for v in olds)
+    if not counts or len(news) != len(olds) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= o
+            for v, o in zip(news, olds)):
+        what = 'a positive count' if len(olds) == 1 else f'{len(olds)} positive counts'
+        raise ValueError(f'the pruned structure sets {where} = {value!r}; pruning keeps '
+                         f'{what} no larger than the model\'s {old!r}')
+
+
+def _check_consistent(model: nn.Module, structure: Dict[str, Any]) -> None:
+    """The counts a structure gives torch layers must agree with its tensor shapes."""
+    layers, shapes = structure.get('layers', {}), structure.get('shapes', {})
+    touched = set(layers) | {n.rpartition('.')[0] for n in shapes}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if name not in touched:
+            continue
+        attrs = {**vars(module), **layers.get(name, {})}
+
+        def shape(tensor: str) -> Optional[List[int]]:
+            t = getattr(module, tensor, None)
+            key = f'{name}.{tensor}' if name else tensor
+            return list(shapes[key]) if key in shapes else (
+                list(t.shape) if isinstance(t, torch.Tensor) else None)
+
+        weight, problems = shape('weight'), []
+        if isinstance(module, nn.modules.conv._ConvNd) and weight:
+            g = attrs['groups']
+            out_c, in_c = ((weight[1] * g, weight[0]) if attrs.get('transposed')
+                           else (weight[0], weight[1] * g))
+            if (out_c, in_c) != (attrs['out_channels'], attrs['in_channels']):
+                problems.append(f'out/in_channels {attrs["out_channels"]}/'
+                                f'{attrs["in_channels"]} but weight {weight} (groups {g})')
+        elif isinstance(module, nn.Linear) and weight:
+            if weight != [attrs['out_features'], attrs['in_features']]:
+                problems.append(f'out/in_features {attrs["out_features"]}/'
+                                f'{attrs["in_features"]} but weight {weight}')
+        elif isinstance(module, nn.modules.batchnorm._NormBase):
+            for tensor in ('weight', 'running_mean'):
+                got = shape(tensor)
+                if got and got != [attrs['num_features']]:
+                    problems.append(f'num_features {attrs["num_features"]} but {tensor} {got}')
+        elif isinstance(module, nn.GroupNorm) and weight:
+            if weight != [attrs['num_channels']] or attrs['num_channels'] % attrs['num_groups']:
+                problems.append(f'num_channels {attrs["num_channels"]} (groups '
+                                f'{attrs["num_groups"]}) but weight {weight}')
+        elif isinstance(module, nn.LayerNorm) and weight:
+            if weight != list(attrs['normalized_shape']):
+                problems.append(f'normalized_shape {list(attrs["normalized_shape"])} but '
+                                f'weight {weight}')
+        if problems:
+            raise ValueError(f'the pruned structure contradicts itself at layer {name!r} '
+                             f'({type(module).__name__}): {problems[0]}; was it edited?')
+
+
+def apply_structure(model: nn.Module, structure: Dict[str, Any],
+                    check_edits: bool = True) -> nn.Module:
     """Resize the layers of a freshly built host ``model`` to ``structure``, in place.
 
     Values of the resized tensors are left uninitialised: load the pruned
     checkpoint afterwards. Everything is checked before anything changes, so a
-    structure that does not fit leaves the model as it was.
+    structure that does not fit leaves the model as it was: the layers and
+    tensors it names, and (``check_edits``) that it only shrinks channel-like
+    counts, as pruning does, consistently with the tensor shapes it gives.
+    ``check_edits=False`` is for mmprune's own undo of a prune, which grows them.
     """
-    _check(model, structure)
+    _check(model, structure, check_edits)
     modules = dict(model.named_modules(remove_duplicate=False))
     for name, attrs in structure.get('layers', {}).items():
         module = modules[name]
@@ -139,4 +235,75 @@ def apply_structure(model: nn.Module, structure: Dict[str, Any]) -> nn.Module:
             setattr(owner, attr, nn.Parameter(new, requires_grad=old.requires_grad))
         else:
             owner._buffers[attr] = new
+    return model
+
+
+class LoadGuard:
+    """``load_state_dict`` pre-hook of a pruned model: refuse weights that do not fit.
+
+    Host loaders (mmengine's ``load_checkpoint`` behind ``init_detector``,
+    ``init_model`` and a Runner's ``load_from``) load non-strictly: a tensor
+    whose shape differs is skipped with a warning. On a model built from a
+    pruned structure the skipped tensors are the resized ones, whose values
+    are uninitialised, so a dense checkpoint would give a model that outputs
+    NaN. This hook runs inside every loader (torch's and mmengine's both call
+    the root module's ``_load_from_state_dict`` with the whole state dict) and
+    raises instead, naming the file when a caller up the stack names it.
+
+    Only the tensors pruning resized are guarded, against the model's current
+    shapes; other mismatches (a new class count in a finetuned head) stay the
+    host's business.
+    """
+
+    def __init__(self, model: nn.Module, structure: Dict[str, Any],
+                 dense_shapes: Dict[str, List[int]]) -> None:
+        self.names = set(structure.get('shapes', {}))
+        self.dense_shapes = dense_shapes
+
+    def __call__(self, module: nn.Module, state_dict: Dict[str, Any], prefix: str,
+                 *args: Any) -> None:
+        own = module.state_dict(keep_vars=True)
+        bad = [(n, list(state_dict[prefix + n].shape), list(t.shape)) for n, t in own.items()
+               if n in self.names and isinstance(state_dict.get(prefix + n), torch.Tensor)
+               and tuple(state_dict[prefix + n].shape) != tuple(own[n].shape)]
+        if not bad:
+            return
+        source = _loading_file()
+        dense = all(self.dense_shapes.get(n) == got for n, got, _ in bad)
+        hint = ('its shapes are the dense model\'s: a dense checkpoint loads with the dense '
+                'config (the pruned config\'s _base_), or is pruned with mmprune prune'
+                if dense else
+                'load the checkpoint saved with this pruned config (mmprune prune writes '
+                '<name>_pruned.pth beside <name>_pruned.py; a PruningHook run\'s checkpoints '
+                'fit the _pruned.py written in its work_dir)')
+        raise ValueError(
+            f'{f"checkpoint {source}" if source else "the state dict"} does not fit the pruned '
+            f'{type(module).__name__}: {len(bad)} pruned tensor(s) differ in shape, e.g. '
+            + ', '.join(f'{n}: {tuple(got)} vs {tuple(want)}' for n, got, want in bad[:3])
+            + f'; nothing was loaded. {hint[0].upper()}{hint[1:]}.')
+
+
+def _loading_file() -> Optional[str]:
+    """The checkpoint file a loader up the stack was given, if any (for the message)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        for key in ('filename', 'checkpoint'):
+            value = frame.f_locals.get(key)
+            if isinstance(value, str) and frame.f_code.co_name in (
+                    'load_checkpoint', '_load_checkpoint', 'init_detector', 'init_model',
+                    'load_weights', 'resume'):
+                return value
+        frame = frame.f_back
+    return None
+
+
+def guard_loading(model: nn.Module, structure: Dict[str, Any],
+                  dense_shapes: Dict[str, List[int]]) -> nn.Module:
+    """Make ``model`` refuse checkpoints that do not fit ``structure`` (see :class:`LoadGuard`)."""
+    register = getattr(model, 'register_load_state_dict_pre_hook', None)
+    guard = LoadGuard(model, structure, dense_shapes)
+    if register is not None:
+        register(guard)
+    else:  # pragma: no cover - torch < 2.1
+        model._register_load_state_dict_pre_hook(guard, with_module=True)
     return model

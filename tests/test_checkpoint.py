@@ -53,3 +53,28 @@ def test_other_getattr_is_refused(target):
     buf.seek(0)
     with pytest.raises(pickle.UnpicklingError, match='refused getattr'):
         torch.load(buf, weights_only=True)
+
+
+@pytest.mark.parametrize('content, match', [
+    (b'', 'is empty'),
+    ('truncated', 'looks truncated or damaged'),
+    (b'model = dict(type="RetinaNet")\n', r'not a PyTorch checkpoint \(it starts with'),
+])
+def test_unreadable_checkpoints_are_named_with_fitting_advice(tmp_path, content, match):
+    from mmprune.checkpoint import load_checkpoint_file
+    path = tmp_path / 'bad.pth'
+    if content == 'truncated':
+        torch.save(dict(state_dict={'w': torch.zeros(1000)}), path)
+        content = path.read_bytes()[:-200]
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as e:
+        load_checkpoint_file(str(path))
+    assert str(path) in str(e.value) and 'weights_only=False' not in str(e.value)
+
+
+def test_a_missing_checkpoint_fails_before_the_model_is_built(monkeypatch):
+    import mmprune
+    from mmengine.registry import MODELS
+    monkeypatch.setattr(MODELS, 'build', lambda *a, **k: pytest.fail('model built'))
+    with pytest.raises(FileNotFoundError, match='no/such.pth'):
+        mmprune.build_model('mmprune::tiny/retinanet_r18_tiny.py', 'no/such.pth')

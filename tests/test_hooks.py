@@ -302,6 +302,10 @@ def test_compose_structures():
     (dict(pruning_ratio=0.3, ramp='exp'), 'ramp'),
     (dict(pruning_ratio=0.3, begin=3, end=2), 'end'),
     (dict(pruning_ratio=0.3, lr=0.1), 'lr'),
+    (dict(pruning_ratio=0.3, round_to=0), 'round_to'),
+    (dict(pruning_ratio=0.3, max_pruning_ratio=0), 'max_pruning_ratio'),
+    (dict(pruning_ratio=0.3, allocation='fastest'), 'allocation'),
+    (dict(pruning_ratio=0.3, pruning_ratio_dict={'neck.*': 1.5}), 'pruning_ratio_dict'),
 ])
 def test_bad_hook_arguments(kwargs, error):
     with pytest.raises((ValueError, TypeError, KeyError), match=error):
@@ -333,10 +337,49 @@ def test_wrapper_prunes_at_build_time_for_host_train_and_test(coco, tmp_path):
 
 
 def test_a_failing_step_stops_the_run_with_its_reason(coco, tmp_path):
+    # only the traced graph tells that this layer defines an output: known at the step
     runner, _ = _runner(coco, tmp_path, pruning_ratio=0.3, begin=1,
-                        ignored_layers=['no.such.layer'])
-    with pytest.raises(Exception, match='no.such.layer'):
+                        pruning_ratio_dict={'bbox_head.retina_cls': 0.5})
+    with pytest.raises(ValueError, match="'bbox_head.retina_cls' names only layers that are "
+                                         "kept"):
         runner.train()
+    assert runner.iter == 1  # it trained up to the step
+
+
+def _epoch_runner(coco, tmp_path, hooks, train_cfg=None):
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(DET_CFG)
+    cfg.merge_from_dict(dict(o.split('=', 1) for o in _coco_opts(coco)[1:]))
+    cfg.custom_hooks = [dict(type='mmprune.PruningHook', importance='l2', target_flops=0.5,
+                             **h) for h in hooks]
+    if train_cfg:
+        cfg.train_cfg = train_cfg
+    cfg.work_dir = str(tmp_path)
+    cfg.experiment_name = f'run_{tmp_path.name}'
+    return Runner.from_cfg(cfg)
+
+
+@pytest.mark.parametrize('hooks, train_cfg, match', [
+    ([dict(begin=5)], None, r'epochs \[5\] fall after the end of training \(max_epochs=3.*'
+                            r'no pruning step would run'),
+    ([dict(begin=0, end=6)], None, r'epochs \[3, 4, 5\] fall after.*3 of its 6 steps would '
+                                   r'not run'),
+    ([dict(begin=10, by_epoch=False)], dict(type='IterBasedTrainLoop', max_iters=6),
+     r'iterations \[10\] fall after the end of training \(max_iterations=6'),
+    ([dict(begin=0, end=4)], dict(type='IterBasedTrainLoop', max_iters=6),
+     'counts iterations.*set by_epoch=False'),
+    ([dict(begin=0), dict(begin=1)], None, '2 PruningHooks in one run'),
+    ([dict(begin=2, ignored_layers=['no.such.layer'])], None,
+     "ignored_layers entry 'no.such.layer' matches no layer"),
+    ([dict(begin=2, pruning_ratio_dict={'neck.nope': 0.3})], None,
+     "pruning_ratio_dict key 'neck.nope' matches no layer"),
+])
+def test_a_schedule_the_run_cannot_carry_out_fails_before_training(coco, tmp_path, hooks,
+                                                                   train_cfg, match):
+    runner = _epoch_runner(coco, tmp_path, hooks, train_cfg)
+    with pytest.raises((ValueError, KeyError), match=match):
+        runner.train()
+    assert runner.iter == 0 and not any(f.endswith('.pth') for f in os.listdir(tmp_path))
 
 
 def test_prune_train_ends_with_dense_vs_pruned_table(coco, tmp_path):

@@ -105,6 +105,24 @@ def test_unreachable_target_flops_is_an_error_and_leaves_the_model(retina):
     assert state_equal(sd, model.state_dict())
 
 
+@pytest.mark.parametrize('name', ['retinanet_r18_tiny', 'pspnet_r18_tiny'])
+def test_target_flops_one_is_identity(name):
+    model, cfg = build(name)
+    sd = copy.deepcopy(model.state_dict())
+    result = mmprune.prune(model, target_flops=1.0, cfg=cfg, input_shape=SHAPE)
+    assert result.structure['layers'] == {} and result.flops_ratio == 1.0
+    assert state_equal(sd, model.state_dict())
+
+
+def test_deep_target_below_the_rounding_floor_uses_exact_counts(retina):
+    """Rounded counts keep at least round_to channels per layer; a target under that floor
+    is reached with exact counts, said in the options, instead of being called unreachable."""
+    model, cfg = fresh(retina)
+    result = mmprune.prune(model, target_flops=0.05, cfg=cfg, input_shape=SHAPE)
+    assert abs(result.flops_ratio - 0.05) <= 0.02 * 0.05, result.flops_ratio
+    assert result.options['round_to'] is None
+
+
 def test_per_layer_ratios_and_ignored_layers(retina):
     model, cfg = fresh(retina)
     result = mmprune.prune(model, pruning_ratio=0.5, cfg=cfg, input_shape=SHAPE,
@@ -381,3 +399,61 @@ def test_tracing_at_a_smaller_size_prunes_the_same_channels(name, monkeypatch):
     assert results[64].structure == results[None].structure
     assert results[64].flops == results[None].flops
     assert results[64].output_layers == results[None].output_layers
+
+
+def _training_output_head():
+    from mmdet.models.dense_heads import RetinaHead
+    from mmdet.registry import MODELS
+
+    @MODELS.register_module(force=True)
+    class TrainingOutputHead(RetinaHead):
+        """As RepPoints' head: one more output in training mode, which its loss takes."""
+
+        def forward(self, x):
+            cls, reg = super().forward(x)
+            return (cls, reg, [r * 0 for r in reg]) if self.training else (cls, reg)
+
+        def loss_by_feat(self, cls_scores, bbox_preds, extra, batch_gt_instances,
+                         batch_img_metas, batch_gt_instances_ignore=None):
+            assert len(extra) == len(bbox_preds) and isinstance(extra[0], torch.Tensor)
+            return super().loss_by_feat(cls_scores, bbox_preds, batch_gt_instances,
+                                        batch_img_metas, batch_gt_instances_ignore)
+    return 'TrainingOutputHead'
+
+
+@pytest.mark.parametrize('importance', ['taylor', 'group_taylor', 'group_hessian'])
+def test_gradient_criteria_take_the_loss_in_training_mode(importance):
+    """A head whose forward depends on self.training gets the loss inputs it expects;
+    batch norms keep their running statistics and every module its mode."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(tiny('retinanet_r18_tiny'))
+    cfg.model.bbox_head.type = _training_output_head()
+    model, cfg = mmprune.build_model(cfg)
+    model.train()
+    model.backbone.layer1.eval()
+    modes = {n: m.training for n, m in model.named_modules()}
+    with torch.no_grad():
+        model.backbone.bn1.running_mean.copy_(torch.randn(model.backbone.bn1.num_features))
+    stats = model.backbone.bn1.running_mean.clone()
+    first = mmprune.prune(copy.deepcopy(model), pruning_ratio=0.5, importance=importance,
+                          cfg=cfg, input_shape=SHAPE)
+    result = mmprune.prune(model, pruning_ratio=0.5, importance=importance, cfg=cfg,
+                           input_shape=SHAPE)
+    assert result.structure == first.structure  # deterministic
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    kept = model.backbone.bn1.running_mean
+    assert kept.numel() < stats.numel()  # pruned, and the kept statistics did not move
+    assert all((stats == v).any() for v in kept)
+
+
+def test_loss_mode_sets_norms_to_their_running_statistics(retina):
+    from mmprune.pruner import loss_mode
+    model, _ = fresh(retina)
+    model.eval()
+    with loss_mode(model):
+        assert model.training and model.bbox_head.training
+        assert not model.backbone.bn1.training
+        first = torch.rand(3)
+    with loss_mode(model):
+        assert torch.equal(torch.rand(3), first)  # a fixed seed for dropout and drop-path
+    assert not any(m.training for m in model.modules())

@@ -60,6 +60,16 @@ def test_hash_is_stable_and_sensitive():
     (lambda s: s['layers'].update({'9': {'out_channels': 1}}), "does not match Sequential"),
     (lambda s: s['layers']['0'].update({'bogus': 1}), "has no attribute"),
     (lambda s: s.update(version=99), 'Not an mmprune structure'),
+    # edited by hand: counts that contradict the shapes, grow, are not ints or not positive,
+    # an emptied layer list, a geometry attribute, a malformed shape
+    (lambda s: s['layers']['0'].update(out_channels=12), "contradicts itself at layer '0'"),
+    (lambda s: s['layers']['1'].update(num_features=999), "layer '1'.*no larger than"),
+    (lambda s: s['layers']['0'].update(out_channels='13'), "layer '0'.*positive count"),
+    (lambda s: s['layers']['3'].update(in_channels=-1), "layer '3'.*positive count"),
+    (lambda s: s.update(layers={}), 'contradicts itself at layer'),
+    (lambda s: s['layers']['0'].update(padding=[1, 1]), "'padding'.*pruning never changes"),
+    (lambda s: s['layers']['0'].update(dilation=[2, 2]), "'dilation'.*pruning never changes"),
+    (lambda s: s['shapes'].update({'0.weight': ['13', 3, 3, 3]}), 'non-negative ints'),
 ])
 def test_mismatching_structure_is_refused_before_any_change(mutate, match):
     _, s = pruned_toy()

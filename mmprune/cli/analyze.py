@@ -24,7 +24,7 @@ import json
 import torch
 
 import mmprune
-from mmprune.apis import is_pruned_config, load_config
+from mmprune.apis import dense_model_cfg, is_pruned_config, load_config
 from mmprune.flops import FlopsCounter
 from mmprune.graph import inference_forward, make_batch, tensor_forward
 from mmprune.pruner import count_flops_params
@@ -41,18 +41,6 @@ def parse_args(argv=None):
     p.add_argument('--runs', type=int, default=10, help='timed runs for latency (0: not timed)')
     p.add_argument('--json', help='write the numbers here')
     return p.parse_args(argv)
-
-
-def dense_model_cfg(cfg) -> dict:
-    """The host model config a pruned config's ``PrunedModel`` wraps."""
-    model = copy.deepcopy(dict(cfg.model))
-    arch = model.pop('architecture')
-    for key in ('structure', 'pruning', 'checkpoint'):
-        model.pop(key, None)
-    if isinstance(arch, dict):
-        return {**arch, **model}
-    model['type'] = arch
-    return model
 
 
 def mmengine_flops(model, batch, forward=inference_forward):

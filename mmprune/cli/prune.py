@@ -19,7 +19,8 @@ import time
 from mmengine.config import DictAction
 
 import mmprune
-from mmprune.apis import build_model, dataset_meta
+from mmprune.apis import (build_model, check_outputs, dataset_meta, dense_parent,
+                          is_pruned_config, output_paths)
 from mmprune.checkpoint import atomic_write
 
 
@@ -80,6 +81,12 @@ def main(argv=None) -> dict:
     name = args.name or os.path.splitext(os.path.basename(cfg.filename or 'model'))[0]
     out_dir = args.out_dir or os.path.join('work_dirs', f'{name}_pruned')
     opts = pruning_options(cfg, args)
+    # everything that can be refused is refused before the model is built and pruned
+    dense_parent(cfg)
+    summary_path = os.path.join(out_dir, f'{name}_prune_summary.json')
+    check_outputs([*output_paths(out_dir, name), summary_path], args.overwrite)
+    if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
 
     t0 = time.perf_counter()
     model, cfg = build_model(cfg, args.checkpoint)
@@ -99,7 +106,9 @@ def main(argv=None) -> dict:
                      options=result.options))
     summary.update(pruned_config=cfg_path, pruned_checkpoint=ckpt_path,
                    classes=(dataset_meta(cfg, model) or {}).get('classes'))
-    atomic_write(os.path.join(out_dir, f'{name}_prune_summary.json'),
+    if is_pruned_config(cfg):  # saved on the dense parent, with the structures composed
+        summary['relative_to'] = 'the pruned model the config builds (FLOPs and params ratios)'
+    atomic_write(summary_path,
                  lambda p: open(p, 'w').write(json.dumps(summary, indent=2, default=str)),
                  overwrite=True)
     shape = 'x'.join(str(s) for s in result.options['input_shape'])

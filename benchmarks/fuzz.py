@@ -5,7 +5,7 @@
 
 Each case draws a family and random options: ratio (sometimes outside [0, 1)
 or not a number), criterion (sometimes unknown), ``round_to``, global pruning,
-iterative steps, ``target_flops`` with or without ``max_pruning_ratio``,
+iterative steps, ``target_flops`` (sometimes 1.0 or 0.1) with or without ``max_pruning_ratio``,
 per-layer ratios on real or unknown layer patterns, ignored layers. Every case
 must end one of two ways:
 
@@ -67,7 +67,9 @@ def draw(rng: random.Random, family: str, layer_names: list) -> dict:
     if rng.random() < 0.3:
         opts['iterative_steps'] = rng.choice([2, 3])
     if rng.random() < 0.2:
-        opts['target_flops'] = round(rng.uniform(0.3, 0.9), 3)
+        # mostly mid-range; sometimes the edges: the dense model itself, or deeper than
+        # rounded channel counts reach
+        opts['target_flops'] = rng.choice([round(rng.uniform(0.3, 0.9), 3)] * 4 + [1.0, 0.1])
         if rng.random() < 0.5:
             opts['max_pruning_ratio'] = round(rng.uniform(0.1, 0.9), 3)
     if rng.random() < 0.3:

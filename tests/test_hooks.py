@@ -346,6 +346,26 @@ def test_a_failing_step_stops_the_run_with_its_reason(coco, tmp_path):
     assert runner.iter == 1  # it trained up to the step
 
 
+def test_load_from_a_dense_checkpoint_into_a_pruned_config_fails_before_training(coco,
+                                                                                 tmp_path):
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(DET_CFG)
+    cfg.merge_from_dict(dict(o.split('=', 1) for o in _coco_opts(coco)[1:]))
+    cfg.custom_hooks = []
+    model, cfg = mmprune.build_model(cfg)
+    torch.save(dict(state_dict=model.state_dict()), tmp_path / 'dense.pth')
+    result = mmprune.prune(model, pruning_ratio=0.5, cfg=cfg, input_shape=(96, 128))
+    pruned_cfg, _ = mmprune.save_pruned(model, result.structure, cfg, str(tmp_path / 'p'))
+    cfg = Config.fromfile(pruned_cfg)
+    cfg.load_from = str(tmp_path / 'dense.pth')
+    cfg.work_dir = str(tmp_path / 'wd')
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ValueError, match=r'dense\.pth does not fit the pruned RetinaNet.*'
+                                         r'nothing was loaded'):
+        runner.train()
+    assert runner.iter == 0
+
+
 def _epoch_runner(coco, tmp_path, hooks, train_cfg=None):
     from mmengine.runner import Runner
     cfg = Config.fromfile(DET_CFG)

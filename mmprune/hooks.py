@@ -343,8 +343,12 @@ class PruningHook(Hook):
     def after_run(self, runner) -> None:
         if is_empty(self.structure) or not is_main_process():
             return
-        from .apis import write_pruned_config
+        from .apis import check_name, write_pruned_config
         name = os.path.splitext(os.path.basename(runner.cfg.filename or 'model'))[0]
+        try:
+            check_name(name)
+        except ValueError:  # a config file name no _base_ can name: the run still saves
+            name = 'model'
         cfg = copy.deepcopy(runner.cfg)
         cfg.custom_hooks = [h for h in cfg.get('custom_hooks', [])
                             if 'PruningHook' not in str(h.get('type', ''))]

@@ -135,7 +135,7 @@ def candidate_shapes(model, cfg, shape) -> list:
     """Input sizes to try: a backbone's fixed ``img_size`` first (ViTs' position
     embeddings), then the small default, then the config's own crop / test size
     (models whose pooling kernels need their native size)."""
-    from mmprune.graph import _config_input_shape
+    from mmprune.graph import config_input_shape
     out = []
     size = getattr(getattr(model, 'backbone', None), 'img_size', None)
     if isinstance(size, int):
@@ -146,7 +146,7 @@ def candidate_shapes(model, cfg, shape) -> list:
     crop = getattr(model.data_preprocessor, 'size', None)
     if crop:
         out.append(tuple(int(s) for s in crop))
-    native = _config_input_shape(cfg)
+    native = config_input_shape(cfg)
     if native:
         out.append(tuple(native))
     return list(dict.fromkeys(out))

@@ -59,7 +59,7 @@ def _num_classes(model: nn.Module) -> int:
     return min(counts) if counts else 1
 
 
-def _config_input_shape(cfg) -> Optional[Tuple[int, int]]:
+def config_input_shape(cfg) -> Optional[Tuple[int, int]]:
     """(h, w) of the first fixed-size Resize in the config's test pipeline."""
     if cfg is None:
         return None
@@ -158,7 +158,7 @@ def make_batch(model: nn.Module, cfg=None, input_shape: Optional[Sequence[int]] 
     """
     task = task_of(model)
     if input_shape is None:
-        input_shape = _config_input_shape(cfg) or (512, 512)
+        input_shape = config_input_shape(cfg) or (512, 512)
     if isinstance(input_shape, int):
         input_shape = (input_shape, input_shape)
     h, w = int(input_shape[-2]), int(input_shape[-1])

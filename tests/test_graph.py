@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import mmprune
-from mmprune.graph import _config_input_shape, find_output_layers, make_batch, tracing_state
+from mmprune.graph import config_input_shape, find_output_layers, make_batch, tracing_state
 
 from conftest import tiny
 
@@ -12,7 +12,7 @@ SHAPE = (96, 128)
 
 def test_input_shape_comes_from_the_test_pipeline():
     cfg = mmprune.apis.load_config(tiny('retinanet_r18_tiny'))
-    assert _config_input_shape(cfg) == (800, 1333)  # Resize scale=(1333, 800), keep_ratio
+    assert config_input_shape(cfg) == (800, 1333)  # Resize scale=(1333, 800), keep_ratio
     model, cfg = mmprune.build_model(cfg)
     batch = make_batch(model, cfg)
     h, w = batch['inputs'].shape[-2:]

@@ -24,6 +24,8 @@ COMMANDS = {
     'analyze': ('analyze', 'params, FLOPs, latency and per-layer channels of a (pruned) model'),
     'sweep': ('sweep', 'prune to several sizes, finetune, evaluate: table and plot'),
     'sensitivity': ('sensitivity', 'prune one layer group at a time and rank the metric drops'),
+    'deploy': ('deploy', 'end-to-end ONNX with mmdeploy, checked against PyTorch in ONNX '
+                         'Runtime (metric, outputs, latency)'),
     'export': ('export', 'tensor-mode graph to ONNX, checked in onnxruntime'),
     'demo': ('demo', 'train, prune and compare a detector on drawn shapes (no downloads)'),
     'convert-mobilenetv2': ('convert_mobilenetv2', 'torchvision MobileNetV2 weights -> the '

@@ -9,9 +9,11 @@ from mmprune.apis import build_model, load_config
 
 from conftest import ROOT
 
-CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'),
-                                                              recursive=True)
-                 if '_base_' not in p)
+ALL = sorted(os.path.relpath(p, ROOT)
+             for p in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True))
+#: mmdeploy's deploy settings (configs/deploy/) are not model configs
+DEPLOY = [c for c in ALL if c.startswith('configs/deploy/')]
+CONFIGS = [c for c in ALL if '_base_' not in c and c not in DEPLOY]
 SHARED = os.path.join(ROOT, '..', 'shared', 'data')
 REAL = {  # config -> (shared folder, val images, classes)
     'configs/bccd/retinanet_mbv2_fpn_bccd.py': ('bccd', 87, ('RBC', 'WBC', 'Platelets')),
@@ -28,6 +30,14 @@ def test_config_loads_and_builds(config):
     wanted = cfg.model.type.split('.')[-1]
     assert type(model).__name__ == wanted or (wanted == 'PrunedModel')
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize('config', DEPLOY)
+def test_deploy_config_loads(config):
+    cfg = load_config(os.path.join(ROOT, config))
+    assert cfg.backend_config.type == 'onnxruntime'
+    assert cfg.codebase_config.type in ('mmdet', 'mmseg')
+    assert cfg.onnx_config.save_file == 'end2end.onnx' and cfg.onnx_config.output_names
 
 
 def test_real_data_configs_listed():

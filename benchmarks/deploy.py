@@ -107,7 +107,8 @@ def main(argv=None) -> list:
     for r in rows:
         a = r.get('agreement') or {}
         what = (f'{a["equal"] / max(a["pixels"], 1):.2%} of pixels alike' if 'pixels' in a else
-                f'{a.get("matched", 0)}/{a.get("torch", 0)} detections matched'
+                f'{a.get("matched", 0)} matched of {a.get("torch", 0)} PyTorch / '
+                f'{a.get("ort", 0)} ORT detections'
                 if a else r.get('reason', ''))
         print(f'| {r["family"]} | {r.get("flops_ratio", "-")} | {r["outcome"]} | '
               f'{r.get("onnx_mb", "-")} | {what} |')

@@ -3,8 +3,10 @@
 # from --shape or from the config's test resize: the test images must come out of the
 # pipeline at that size. mmdeploy turns adaptive pooling into fixed pooling for this size,
 # so a PSPNet needs H/8 and W/8 to be multiples of its pooling bins (1, 2, 3, 6).
+# Opset 13: torch 2.9's nn.MultiheadAttention (SegFormer's MiT) emits aten::unflatten,
+# which opset 11 cannot express.
 onnx_config = dict(
-    type='onnx', export_params=True, keep_initializers_as_inputs=False, opset_version=11,
+    type='onnx', export_params=True, keep_initializers_as_inputs=False, opset_version=13,
     save_file='end2end.onnx', input_names=['input'], output_names=['output'],
     input_shape=[512, 512], optimize=True)
 codebase_config = dict(type='mmseg', task='Segmentation', with_argmax=True)

@@ -83,6 +83,22 @@ def test_pruned_segmentor_exports_static_and_labels_alike(tmp_path):
     agree = summary['agreement']
     assert agree['pixels'] > 0 and agree['equal'] == agree['pixels']
     assert summary['latency_ms'] == {'pytorch': None, 'onnxruntime': None}
+    # an image at another size than the export's: mmseg resizes the logits, then argmaxes;
+    # mmprune's backend model does the same (mmdeploy's own resizes the argmax)
+    from mmdeploy.apis import build_task_processor
+    from mmdeploy.utils import get_input_shape
+    from mmprune.deploy.check import agreement
+    from mmprune.deploy.export import deploy_config
+    model_cfg = mmprune.load_config(cfg_path)
+    dcfg = deploy_config(model_cfg, (96, 144))
+    dcfg.codebase_config.align_corners = False
+    tp = build_task_processor(model_cfg, dcfg, 'cpu')
+    backend = tp.build_backend_model([summary['onnx']],
+                                     data_preprocessor_updater=tp.update_data_preprocessor)
+    assert type(backend).__name__ == 'HostPostprocessModel'
+    image = np.random.default_rng(1).integers(0, 255, (150, 211, 3), dtype=np.uint8)
+    big = agreement(tp, tp.build_pytorch_model(ckpt), backend, [image], get_input_shape(dcfg))
+    assert big['pixels'] == 150 * 211 and big['equal'] == big['pixels']
 
 
 def test_a_model_mmdeploy_cannot_export_is_one_named_error(tmp_path):

@@ -3,7 +3,8 @@
     mmprune deploy CONFIG CHECKPOINT --work-dir DIR [--shape H W] [--max-images N]
 
 (``python tools/deploy.py`` takes the same arguments.) Writes ``DIR/end2end.onnx``
-(post-processing inside the graph: a detector's NMS, a segmentor's argmax), then
+(post-processing inside the graph: a detector's NMS; a segmentor's logits, resized
+to the image and argmaxed as mmseg does by mmprune's backend model), then
 runs it in ONNX Runtime beside PyTorch: the predictions on the first test images,
 the config's test metric on its test set (``--no-eval`` skips it) and the latency
 per image, side by side; ``DIR/deploy_summary.json`` keeps them. Needs mmdeploy

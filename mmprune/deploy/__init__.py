@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 from mmengine.config import Config
 
-from ..apis import load_config
+from ..apis import dense_model_cfg, is_pruned_config, load_config
 from ..checkpoint import atomic_write
 from ..evaluation import main_metric
 from .check import agreement, agreement_line, file_mb, host_metric, latency_ms, onnx_ops
@@ -48,6 +48,8 @@ def deploy(config: Union[str, Config], checkpoint: str, work_dir: str, *,
     require_mmdeploy()
     from mmdeploy.apis import build_task_processor
     from mmdeploy.utils import get_input_shape
+
+    from . import seg_model  # noqa: F401 - registers mmseg's post-processing for mmdeploy
     model_cfg = load_config(config)
     if cfg_options:
         model_cfg.merge_from_dict(cfg_options)
@@ -56,6 +58,13 @@ def deploy(config: Union[str, Config], checkpoint: str, work_dir: str, *,
     onnx_file, model_cfg, deploy_cfg = export_end2end(model_cfg, checkpoint, work_dir,
                                                       deploy_cfg, images[0], shape)
     export_s = time.perf_counter() - t0
+    if task_of_config(model_cfg) == 'segmentation':
+        host = dense_model_cfg(model_cfg) if is_pruned_config(model_cfg) else model_cfg.model
+        head = host.get('decode_head') or {}
+        head = head[-1] if isinstance(head, (list, tuple)) else head  # cascades: the last
+        # what seg_model resizes and thresholds the logits with, as the host's head does
+        deploy_cfg.codebase_config.setdefault('align_corners', head.get('align_corners', False))
+        deploy_cfg.codebase_config.setdefault('threshold', head.get('threshold') or 0.3)
     tp = build_task_processor(model_cfg, deploy_cfg, 'cpu')
     torch_model = tp.build_pytorch_model(checkpoint)
     backend_model = tp.build_backend_model(

@@ -3,9 +3,10 @@
 End to end: a detector's graph holds its post-processing (box decoding and
 NMS), so ONNX Runtime's outputs are the detections, not raw head tensors; a
 segmentor's gives the logits at the export size, which
-:mod:`mmprune.deploy.seg_model` resizes and argmaxes as mmseg does. mmdeploy builds the model through the host's registry from
-the config, so a pruned config (``mmprune.PrunedModel``) exports as the host
-model it builds, with every mmdeploy rewrite for its class.
+:mod:`mmprune.deploy.seg_model` resizes and argmaxes as mmseg does. mmdeploy
+builds the model through the host's registry from the config, so a pruned
+config (``mmprune.PrunedModel``) exports as the host model it builds, with
+every mmdeploy rewrite for its class.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import numpy as np
 from mmengine.config import Config
 
-from ..apis import load_config
+from ..apis import dense_model_cfg, is_pruned_config, load_config
 from ..configs import config_path
 from ..graph import config_input_shape
 from .compat import export_patches, require_mmdeploy
@@ -38,9 +38,7 @@ def task_of_config(model_cfg: Config) -> str:
     if scope != 'mmdet':
         raise ValueError(f'mmprune deploy exports mmdet and mmseg models; this config\'s '
                          f'default_scope is {scope!r}')
-    model = model_cfg.model
-    arch = model.get('architecture') if 'architecture' in model else None
-    fields = {**(arch if isinstance(arch, dict) else {}), **model}
+    fields = dense_model_cfg(model_cfg) if is_pruned_config(model_cfg) else model_cfg.model
     roi_head = fields.get('roi_head') or {}
     if fields.get('mask_head') or (isinstance(roi_head, dict) and roi_head.get('mask_head')):
         return 'instance_segmentation'

@@ -283,6 +283,7 @@ def run_one(config: str, ratio: float, shape, target_flops=None) -> dict:
         rec.update(prune_s=round(time.perf_counter() - t0, 2),
                    params=list(result.params), flops=list(result.flops),
                    flops_forward=result.flops_forward, output_layers=result.output_layers,
+                   structure_hash=mmprune.structure_hash(result.structure),
                    **({} if target_flops is None else dict(target_flops=target_flops)))
         for name in check_pruned(model, cfg, result.structure, batch, dense_out, shape):
             stage = enter(name)
@@ -306,12 +307,18 @@ def main() -> None:
     p.add_argument('--out', default='work_dirs/coverage.json')
     p.add_argument('--markdown', nargs='+', metavar='JSON',
                    help='print the support matrix of earlier runs as markdown and exit')
+    p.add_argument('--compare-hashes', nargs=2, metavar=('BEFORE', 'AFTER'),
+                   help='print, per family, whether two runs (at the same options) pruned '
+                        'to the same structure, and exit')
     p.add_argument('--one', help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.markdown:
         records = [r for f in args.markdown for r in json.load(open(f))['records']]
         print(markdown(records))
+        return
+    if args.compare_hashes:
+        print(compare_hashes(*(json.load(open(f))['records'] for f in args.compare_hashes)))
         return
 
     if args.one:
@@ -360,6 +367,23 @@ def main() -> None:
             save(args.out, records)
     print_table(records)
     save(args.out, records)
+
+
+def compare_hashes(before: list, after: list) -> str:
+    """Markdown: per family tried in both runs, the pruned structure's hash in each."""
+    def hashes(records):
+        return {(r['codebase'], r['family']): r for r in records if 'skipped' not in r}
+    b, a = hashes(before), hashes(after)
+    lines = ['| codebase | family | before | after | same structure |', '|---|---|---|---|---|']
+    same = 0
+    for key in sorted(set(b) & set(a)):
+        hb, ha = b[key].get('structure_hash'), a[key].get('structure_hash')
+        equal = hb is not None and hb == ha
+        same += equal
+        lines.append(f'| {key[0]} | {key[1]} | {hb or b[key].get("stage")} | '
+                     f'{ha or a[key].get("stage")} | {"yes" if equal else "**no**"} |')
+    lines.append(f'\n{same} of {len(set(b) & set(a))} families pruned to the same structure.')
+    return '\n'.join(lines)
 
 
 def save(path: str, records: list) -> None:

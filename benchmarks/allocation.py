@@ -57,7 +57,7 @@ def bench(name: str, config: str, args, seed: int = 0) -> dict:
     import torch
 
     import mmprune
-    from mmprune.graph import inference_forward, make_batch
+    from mmprune.tracing import inference_forward, make_batch
     torch.manual_seed(seed)
     dense, cfg = mmprune.build_model(config)
     dense.eval()

@@ -6,7 +6,7 @@
 Times one ``nn.Conv2d(C, C, k)`` (eval, no grad, batch 1) per channel count C and
 feature size, the median of ``--runs`` calls after three warm-ups, and prints
 GMAC/s per count, marking (``P``) the counts whose number of 16-channel blocks is a
-prime >= 7, which ``mmprune.pruner.FAST_COUNTS`` makes rounded counts avoid,
+prime >= 7, which ``fast_counts` option, `mmprune.counts.ChannelCounts`` makes rounded counts avoid,
 then the mean throughput of those counts against the others per size. It is the
 measurement behind that rule and its preference for multiples of 32: oneDNN's
 direct convolutions on AVX-512 CPUs split output channels into blocks of 16 and
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     import torch
 
     from mmprune.checkpoint import atomic_write
-    from mmprune.pruner import _slow_count
+    from mmprune.counts import slow_count as _slow_count
     if args.threads:
         torch.set_num_threads(args.threads)
     first, last, step = args.counts

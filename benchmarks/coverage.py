@@ -135,7 +135,7 @@ def candidate_shapes(model, cfg, shape) -> list:
     """Input sizes to try: a backbone's fixed ``img_size`` first (ViTs' position
     embeddings), then the small default, then the config's own crop / test size
     (models whose pooling kernels need their native size)."""
-    from mmprune.graph import config_input_shape
+    from mmprune.tracing import config_input_shape
     out = []
     size = getattr(getattr(model, 'backbone', None), 'img_size', None)
     if isinstance(size, int):
@@ -156,7 +156,7 @@ def dense_run(model, cfg, shape):
     """The dense model's tensor, predict and loss + backward at ``shape``."""
     import torch
 
-    from mmprune.graph import make_batch, tensor_forward
+    from mmprune.tracing import make_batch, tensor_forward
     if getattr(model.data_preprocessor, 'size', None):
         model.data_preprocessor.size = shape  # mmseg pads training crops to this size
     batch = make_batch(model, cfg, shape)
@@ -204,7 +204,7 @@ def check_pruned(model, cfg, structure, batch, dense_out, shape):
     from mmengine.registry import init_default_scope
 
     from mmprune.apis import _without_pretrained, drop_aliases
-    from mmprune.graph import make_batch, tensor_forward
+    from mmprune.tracing import make_batch, tensor_forward
     from mmprune.models import build_pruned_model
     yield 'tensor'
     model.eval()

@@ -10,7 +10,7 @@ For each model (random init; speed does not depend on the weights) the
 dense model is pruned with ``mmprune.prune(target_flops=t)`` for each target,
 with the default ``allocation='uniform'`` and with ``allocation='latency'``,
 then every variant's inference forward at batch 1
-(:func:`mmprune.graph.inference_forward`: the host's ``mode='tensor'``, no
+(:func:`mmprune.tracing.inference_forward`: the host's ``mode='tensor'``, no
 auxiliary heads; two-stage detectors run their RPN, then 1000 fixed proposals
 through the RoI head) is timed *interleaved*
 (run k of every variant before run k+1 of any, order rotated, two warm-up
@@ -34,7 +34,7 @@ pruning, structure) against the same prune written by hand with raw
 torch-pruning (``MetaPruner`` + ``GroupMagnitudeImportance``, given the output
 layers mmprune found, forward in ``mode='tensor'``), alone and with the FLOPs
 counts before and after that mmprune also does (mmprune traces the graph at a
-short side of ``mmprune.pruner.TRACE_SIDE``, counts the dense FLOPs at ``--shape``
+short side of the ``trace_side`` option, counts the dense FLOPs at ``--shape``
 and re-counts the pruned ones from a forward at the traced size, see
 ``mmprune.flops``). "without them": mmprune's time less its FLOPs-counting
 forwards, against raw torch-pruning's graph build + prune ("ratio").
@@ -69,7 +69,7 @@ def raw_torch_pruning(model, batch, output_layers: list, ratio: float) -> float:
     """The same prune by hand with torch-pruning; returns its wall time in s."""
     import torch_pruning as tp
 
-    from mmprune.graph import tensor_forward
+    from mmprune.tracing import tensor_forward
     modules = dict(model.named_modules())
     ignored = [modules[n] for n in output_layers if n in modules]
     model.eval()
@@ -121,7 +121,7 @@ def bench_model(name: str, config: str, args) -> dict:
     import torch
 
     import mmprune
-    from mmprune.graph import inference_forward, make_batch, tensor_forward
+    from mmprune.tracing import inference_forward, make_batch, tensor_forward
     import mmprune.flops as flops_mod
     from mmprune.flops import count_flops_params
     shape = tuple(args.shape)
@@ -158,18 +158,12 @@ def bench_model(name: str, config: str, args) -> dict:
             rec['raw_tp_broken'] = f'{type(e).__name__}: {str(e)[:200]}'
     variants = {'dense': dense}
     rec['pruned'] = {}
-    import mmprune.pruner as pruner_mod
-    default_fast = pruner_mod.FAST_COUNTS
     for t, rt, fast, alloc in itertools.product(args.targets, args.round_tos, args.fast_counts,
                                                 args.allocations):
         m = copy.deepcopy(dense)
         t0 = time.perf_counter()
-        pruner_mod.FAST_COUNTS = fast == 'on'
-        try:
-            res = mmprune.prune(m, cfg=cfg, input_shape=shape, target_flops=t, round_to=rt,
-                                allocation=alloc)
-        finally:
-            pruner_mod.FAST_COUNTS = default_fast
+        res = mmprune.prune(m, cfg=cfg, input_shape=shape, target_flops=t, round_to=rt,
+                            allocation=alloc, fast_counts=fast == 'on')
         m.eval()
         key = f'{t:g}' + ('' if rt == args.round_to else f' rt{rt or 1}') + (
             '' if fast == args.fast_counts[0] else f' fast-{fast}') + (
@@ -286,16 +280,16 @@ def main(argv=None) -> int:
     p.add_argument('--targets', type=float, nargs='+', default=[0.7, 0.5, 0.3])
     p.add_argument('--shape', type=int, nargs=2, default=(512, 512))
     p.add_argument('--runs', type=int, default=10)
-    from mmprune.pruner import DEFAULT_ROUND_TO
+    from mmprune.options import DEFAULT_ROUND_TO
     p.add_argument('--round-to', type=int, nargs='+', default=[DEFAULT_ROUND_TO],
                    dest='round_tos',
                    help='channel multiple(s) of the pruned models (default: the library\'s, '
                         f'{DEFAULT_ROUND_TO}); several give one variant each, timed in the same '
                         'interleaved runs (0 = exact counts)')
-    from mmprune.pruner import FAST_COUNTS
+    from mmprune.options import PruneOptions
     p.add_argument('--fast-counts', nargs='+', choices=['on', 'off'],
-                   default=['on' if FAST_COUNTS else 'off'],
-                   help='mmprune.pruner.FAST_COUNTS: rounded channel counts chosen for speed (on, '
+                   default=['on' if PruneOptions.fast_counts else 'off'],
+                   help='the fast_counts option: rounded channel counts chosen for speed (on, '
                         'the default) or the nearest multiple (off); several give one variant '
                         'each, like --round-to')
     p.add_argument('--allocation', nargs='+', choices=['uniform', 'latency'],

@@ -51,7 +51,7 @@ def profile(model, batch, rounds: int):
     import torch
 
     from mmprune.flops import layer_flops, record_shapes
-    from mmprune.graph import inference_forward
+    from mmprune.tracing import inference_forward
     from mmprune.latency import layer_times
     best: dict = {}
     for _ in range(rounds):
@@ -74,7 +74,7 @@ def operators(model, batch) -> dict:
     import torch
     from torch.profiler import profile as torch_profile
 
-    from mmprune.graph import inference_forward
+    from mmprune.tracing import inference_forward
     with torch.no_grad():
         inference_forward(model, batch)
         with torch_profile() as prof:
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     import torch
 
     import mmprune
-    from mmprune.graph import make_batch
+    from mmprune.tracing import make_batch
     name = args.model if args.model in MODELS else \
         os.path.splitext(os.path.basename(args.model))[0]
     torch.manual_seed(0)

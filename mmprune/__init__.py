@@ -3,9 +3,11 @@ from .apis import build_model, load_config, load_pruned, save_pruned
 from .checkpoint import allow_mmengine_types
 from .configs import config_path, configs_dir
 from .distill import DistillHook
+from .flops import count_flops_params
 from .hooks import PruningHook
 from .models import build_pruned_model
-from .pruner import PruneResult, count_flops_params, prune
+from .options import PruneOptions
+from .pruner import PruneResult, prune
 from .sparse import SparseOptimWrapperConstructor
 from .structure import apply_structure, kept_channels, structure_hash
 
@@ -15,7 +17,7 @@ __version__ = '0.1.0'
 # wherever a config names an mmprune type, e.g. init_detector(pruned config, checkpoint)
 allow_mmengine_types()
 
-__all__ = ['prune', 'PruneResult', 'count_flops_params', 'build_model', 'load_config',
+__all__ = ['prune', 'PruneResult', 'PruneOptions', 'count_flops_params', 'build_model', 'load_config',
            'load_pruned', 'save_pruned', 'build_pruned_model', 'apply_structure',
            'kept_channels', 'structure_hash', 'PruningHook', 'DistillHook',
            'SparseOptimWrapperConstructor', 'config_path', 'configs_dir',

@@ -97,14 +97,14 @@ def build_model(cfg: Union[str, Config, dict], checkpoint: Optional[str] = None,
     model = MODELS.build(model_cfg)
     if checkpoint is None:
         if not is_pruned_config(cfg):
-            _quiet_init_weights(model)
+            quiet_init_weights(model)
     else:
         load_weights(model, checkpoint, cfg)
     model.cfg = cfg
     return model, cfg
 
 
-def _quiet_init_weights(model: nn.Module) -> None:
+def quiet_init_weights(model: nn.Module) -> None:
     """``init_weights`` without mmengine's per-parameter INFO report."""
     logger = MMLogger.get_current_instance()
     level = logger.level

@@ -35,8 +35,8 @@ import torch
 import torch.nn as nn
 from mmengine.hooks import Hook
 
-from .graph import _first_tensor
-from .hooks import _unwrap
+from .hooks import unwrap_model
+from .tracing import first_tensor, flatten_tensors
 from .registry import HOOKS
 
 
@@ -56,16 +56,6 @@ def mean_squared(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0)
 
 LOSSES: Dict[str, Callable[..., torch.Tensor]] = {'cwd': channel_wise_divergence,
                                                    'mse': mean_squared}
-
-
-def _tensors(obj: Any) -> List[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (tuple, list)):
-        return [t for v in obj for t in _tensors(v)]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
-    return []
 
 
 def _forward_args(args: tuple, kwargs: dict):
@@ -125,7 +115,7 @@ class DistillHook(Hook):
 
     # ---- runner events ----------------------------------------------------------------
     def before_train(self, runner) -> None:
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         self.distilled = self._choose_layers(runner, model)
         self.teacher = self._build_teacher(runner, model)
         self._attach(model, self.teacher)
@@ -171,17 +161,18 @@ class DistillHook(Hook):
                 raise ValueError(f'DistillHook: no layer named {unknown} in '
                                  f'{type(model).__name__}')
             return list(self.layers)
-        from .graph import _preserves_channels, _pruner_of, make_batch, tracing_state
+        from .tracing import (layer_handler, layers_behind, make_batch, preserves_channels,
+                              tracing_state)
         batch = make_batch(model, runner.cfg, self.input_shape)
         mixing = {n: m for n, m in named.items()
-                  if _pruner_of(m) is not None and not _preserves_channels(m)}
+                  if layer_handler(m) is not None and not preserves_channels(m)}
         made_by: Dict[Any, str] = {}  # autograd node of a layer's output -> layer
         per_image: Dict[str, List[bool]] = {}  # layer -> whether each call gave N maps
         images = len(batch['inputs'])
 
         def record(name):
             def hook(module, args, output):
-                t = _first_tensor(output)  # per-image maps; not per-RoI rows
+                t = first_tensor(output)  # per-image maps; not per-RoI rows
                 per_image.setdefault(name, []).append(
                     t is not None and t.dim() == 4 and t.shape[0] == images)
                 if t is not None and t.grad_fn is not None:
@@ -196,19 +187,10 @@ class DistillHook(Hook):
                 for h in handles:
                     h.remove()
         # the output layers: the last channel-mixing layers before each output tensor
-        # (through reshapes, activations, norms, resizes), as in find_output_layers
-        found: Dict[str, None] = {}
-        stack = [t.grad_fn for t in _tensors(outputs) if t.grad_fn is not None]
-        visited = set()
-        while stack:
-            fn = stack.pop()
-            if fn in visited:
-                continue
-            visited.add(fn)
-            if fn in made_by:
-                found[made_by[fn]] = None
-                continue
-            stack.extend(nxt for nxt, _ in getattr(fn, 'next_functions', ()) if nxt is not None)
+        # (through reshapes, activations, norms, resizes), walked as find_output_layers does
+        # on the host's own tensor mode (what the student and teacher run here)
+        found = layers_behind([t.grad_fn for t in flatten_tensors(outputs)
+                               if t.grad_fn is not None], made_by)
         layers = [n for n in found if all(per_image[n])]
         if not layers:
             raise ValueError(
@@ -229,7 +211,7 @@ class DistillHook(Hook):
         def keep(store: Dict[str, List[torch.Tensor]], name: str, always: bool):
             def hook(module, args, output):
                 if always or self._active:
-                    t = _first_tensor(output)
+                    t = first_tensor(output)
                     if t is not None:
                         store.setdefault(name, []).append(t)
             return hook

@@ -21,7 +21,7 @@ import torch
 
 from .apis import build_model, load_config
 from .checkpoint import atomic_write
-from .graph import make_batch
+from .tracing import make_batch
 from .timing import device_sync, forward_ms, interleaved_ms, steady_malloc
 
 #: the metric a table leads with, first found wins
@@ -82,14 +82,14 @@ def side_by_side_latency(rows: List[dict], cfg_options: Optional[dict] = None,
     nothing when ``runs <= 0``."""
     if runs <= 0:
         return
-    from . import graph
+    from . import tracing
     steady_malloc()
     models = {r['tag']: build_model(_load(r['config'], cfg_options), r['checkpoint'])[0].eval()
               for r in rows}
     first = next(iter(models.values()))
     batch = make_batch(first, first.cfg)
     # each model's counted forward (evaluate() recorded which)
-    fwd = {r['tag']: getattr(graph, r.get('forward', 'inference_forward')) for r in rows}
+    fwd = {r['tag']: getattr(tracing, r.get('forward', 'inference_forward')) for r in rows}
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     for device in devices:
         b = dict(inputs=batch['inputs'].to(device), data_samples=batch['data_samples'])

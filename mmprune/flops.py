@@ -1,10 +1,10 @@
 """FLOPs (MACs) at the full example input of the forward a deployed model runs.
 
-What is counted is :func:`mmprune.graph.inference_forward`: the host's own
+What is counted is :func:`mmprune.tracing.inference_forward`: the host's own
 ``mode='tensor'`` forward, without auxiliary heads, and for a two-stage detector
 its RoI head on as many proposals as its RPN's ``test_cfg.max_per_img`` (1000 in
 mmdet's R-CNN configs), which is what ``target_flops`` aims at. Where the host's
-tensor mode fails, the pruner's widened graph (:func:`mmprune.graph.tensor_forward`)
+tensor mode fails, the pruner's widened graph (:func:`mmprune.tracing.tensor_forward`)
 is counted instead, with a warning.
 
 Each layer's count is torch-pruning's own formula (``tp.utils.op_counter``),
@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from mmengine.logging import print_log
 
-from .graph import inference_forward, tensor_forward
+from .tracing import inference_forward, tensor_forward
 
 Shapes = Any  # nested tuples of torch.Size / None, mirroring a layer's inputs or output
 Record = Dict[str, List[Tuple[Shapes, Shapes]]]  # layer name -> (inputs, output) per call

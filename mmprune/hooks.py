@@ -27,9 +27,11 @@ from mmengine.hooks import EMAHook, Hook
 from mmengine.model import is_model_wrapper
 
 from .checkpoint import allow_mmengine_types
-from .graph import make_batch, tracing_state
+from .tracing import make_batch, tracing_state
 from .importance import DEFAULT_IMPORTANCE
-from .pruner import check_options, count_flops_params, match_modules, prune
+from .flops import count_flops_params
+from .options import PruneOptions, match_modules
+from .pruner import prune
 from .registry import HOOKS
 from .structure import apply_structure, compose, is_empty, structure_hash
 from .tracking import remap_optimizer, slice_copy, slices_by_name, track_slices
@@ -40,11 +42,15 @@ META_KEY = 'mmprune'
 #: (:mod:`mmprune.flops`); checkpoints saved before 2026-11-28 lack it: their FLOPs came
 #: from torch-pruning's counter, which divided by the batch dict's number of keys
 FLOPS_COUNTER = 'macs-per-image'
-_PRUNE_OPTIONS = ('global_pruning', 'pruning_ratio_dict', 'max_pruning_ratio', 'round_to',
-                  'ignored_layers', 'iterative_steps', 'allocation', 'seed')
+#: options of :class:`~mmprune.options.PruneOptions` the hook passes on to each step; the
+#: others are the hook's own arguments, or set per step
+_PRUNE_OPTIONS = tuple(n for n in PruneOptions.names()
+                       if n not in ('pruning_ratio', 'importance', 'target_flops', 'input_shape',
+                                    'num_batches'))
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside a DDP / FSDP wrapper, or ``model``."""
     return model.module if is_model_wrapper(model) else model
 
 
@@ -77,9 +83,10 @@ class PruningHook(Hook):
         input_shape: (h, w) of the example input that traces the model and
             counts FLOPs. Defaults to the config's test pipeline.
         num_batches: training batches kept for gradient criteria.
-        **options: further options of :func:`mmprune.prune`
+        **options: further options of :class:`mmprune.options.PruneOptions`
             (``global_pruning``, ``pruning_ratio_dict``, ``max_pruning_ratio``,
-            ``round_to``, ``ignored_layers``, ``iterative_steps``, ``seed``).
+            ``round_to``, ``ignored_layers``, ``iterative_steps``, ``allocation``,
+            ``seed``, ``fast_counts``, ``blocks_from``, ``trace_side`` ...).
     """
 
     priority = 'VERY_HIGH'  # its after_load_checkpoint must resize the model before EMAHook's
@@ -97,11 +104,11 @@ class PruningHook(Hook):
                 'pruning_ratio_dict'):
             raise ValueError('PruningHook needs exactly one of pruning_ratio and target_flops')
         # the options of prune() are checked now, when the config is read, not at the first step
-        checked = check_options(importance=importance, target_flops=target_flops, **options,
-                                **({} if pruning_ratio is None else
-                                   dict(pruning_ratio=pruning_ratio)))
+        checked = PruneOptions(importance=importance, target_flops=target_flops, **options,
+                               **({} if pruning_ratio is None else
+                                  dict(pruning_ratio=pruning_ratio)))
         if pruning_ratio is not None:
-            pruning_ratio = checked['pruning_ratio']
+            pruning_ratio = checked.pruning_ratio
         if ramp not in RAMPS:
             raise ValueError(f'ramp must be one of {RAMPS}, but got {ramp!r}')
         for key, value in (('begin', begin), ('interval', interval)):
@@ -189,7 +196,7 @@ class PruningHook(Hook):
                     f'PruningHook steps at {unit}s {late} fall after the end of training '
                     f'(max_{unit}s={last}, {unit}s 0..{last - 1}): {what}; give begin/end '
                     f'below {last}')
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         if self.options.get('ignored_layers'):
             match_modules(model, self.options['ignored_layers'], 'ignored_layers entry')
         for pattern in self.options.get('pruning_ratio_dict') or {}:
@@ -224,7 +231,7 @@ class PruningHook(Hook):
                 raise ValueError(
                     f'the checkpoint holds a pruned structure ({structure_hash(structure)}) '
                     f'other than the model\'s current one ({structure_hash(self.structure)})')
-            model = _unwrap(runner.model)
+            model = unwrap_model(runner.model)
             before = dict(model.named_parameters())
             apply_structure(model, structure)  # the weights load right after this hook
             self._after_change(runner, before, {}, structure, None)
@@ -249,7 +256,7 @@ class PruningHook(Hook):
 
     # ---- pruning ----------------------------------------------------------------------
     def _count(self, runner) -> Dict[str, int]:
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         batch = make_batch(model, runner.cfg, self.input_shape)
         with tracing_state(model):  # restores every module's train/eval mode
             flops, params = count_flops_params(model, batch)
@@ -259,7 +266,7 @@ class PruningHook(Hook):
         if point not in self.points or point in self.done:
             return
         k = self.points.index(point)
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         before = dict(model.named_parameters())
         ema = self._ema(runner)
         ema_before = ({k2: v.detach().clone() for k2, v in ema.module.state_dict().items()}
@@ -325,7 +332,7 @@ class PruningHook(Hook):
     def _after_change(self, runner, before: Dict[str, nn.Parameter], plan, structure,
                       ema_before) -> None:
         """Optimizer, EMA copy and DDP wrapper follow the model's new parameters."""
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         for optimizer in _optimizers(getattr(runner, 'optim_wrapper', None)):
             counts = remap_optimizer(optimizer, before, model, plan)
             runner.logger.info(f'[mmprune] optimizer state: {counts}')

@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .graph import _first_tensor, tensor_forward
+from .tracing import first_tensor, tensor_forward
 
 #: weights are clipped to this range, so that no group is pruned at more than
 #: twice (or less than half) the ratio of the others
@@ -78,10 +78,10 @@ def layer_times(model: nn.Module, batch: Dict[str, Any], runs: int = 2,
             if name in owners:
                 owner, spent = name, own
             else:  # a weightless layer: its time goes to the layer that wrote its input
-                owner, spent = written.get(_storage(_first_tensor(args)), (None, None))[0], after
+                owner, spent = written.get(_storage(first_tensor(args)), (None, None))[0], after
             if owner is not None:
                 spent[owner] = spent.get(owner, 0.0) + dt
-                out = _first_tensor(output)
+                out = first_tensor(output)
                 key = _storage(out)
                 if key is not None:
                     written[key] = (owner, out)
@@ -139,3 +139,25 @@ def group_weights(groups: Iterable[Tuple[str, List[Tuple[str, bool]]]],
         else:
             weights[root] = min(max((t / total_t) / (f / total_f), lo), hi)
     return weights
+
+
+class LatencyAllocation:
+    """Per-group weights of ``allocation='latency'``: each group's weight from
+    :func:`group_weights`, computed on the first prune (of the model as given) and
+    kept by the groups' root layer names for later trials of a ``target_flops``
+    search. The pruner sets each group's ratio from them
+    (:meth:`mmprune.tp_adapter.GroupPruner._allocate`)."""
+
+    def __init__(self, times, flops: Dict[str, int]) -> None:
+        self.times, self.flops = times, flops
+        self.weights: Optional[Dict[str, float]] = None
+        self.members: Dict[str, List[str]] = {}  # root -> layers whose outputs it prunes
+
+    def weights_for(self, pruner, model: nn.Module
+                    ) -> Tuple[Dict[str, float], Dict[str, List[str]]]:
+        """``(weight per root layer, root -> layers whose outputs its group prunes)``."""
+        if self.weights is None:
+            groups = pruner.named_groups(model)
+            self.members = {root: [n for n, out in members if out] for root, members in groups}
+            self.weights = group_weights(groups, self.times, self.flops)
+        return self.weights, self.members

@@ -71,13 +71,17 @@ def build_pruned_model(architecture: Union[str, Dict[str, Any]],
     if checkpoint is not None and pruning is None:
         raise ValueError('PrunedModel checkpoint= holds the dense weights for pruning=; the '
                          'weights of a pruned config load the usual way (load_from, init_detector)')
+    if pruning is not None:  # options checked before the model is built
+        from .options import PruneOptions
+        PruneOptions.from_kwargs(**{k: v for k, v in dict(pruning).items()
+                                    if k not in ('cfg', 'data', 'checkpoint')})
     model = ROOT_MODELS.build(arch)
     if structure is not None:
         dense = _shapes(model, structure)
         return guard_loading(apply_structure(model, structure), structure, dense)
     from mmengine.logging import print_log
 
-    from .apis import _quiet_init_weights, load_weights
+    from .apis import quiet_init_weights, load_weights
     from .pruner import prune
     from .structure import structure_hash
     options = dict(pruning)
@@ -87,7 +91,7 @@ def build_pruned_model(architecture: Union[str, Dict[str, Any]],
             if hasattr(m, '_is_init'):
                 m._is_init = True
     else:
-        _quiet_init_weights(model)
+        quiet_init_weights(model)
     dense_shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     result = prune(model, **options)
     guard_loading(model, result.structure, dense_shapes)

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 STRUCTURE_VERSION = 1
 #: not structure: the train/eval mode, and activations' ``inplace``, which tracing turns off
-#: for a while (:func:`mmprune.graph.tracing_state`; a restore between target_flops trials
+#: for a while (:func:`mmprune.tracing.tracing_state`; a restore between target_flops trials
 #: must not turn it back on)
 _SKIPPED_ATTRS = {'training', 'inplace'}
 

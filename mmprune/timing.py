@@ -84,13 +84,13 @@ def device_sync(device) -> Optional[Callable]:
 def forward_ms(model: torch.nn.Module, batch: dict, runs: int, device=None,
                forward: Optional[Callable] = None) -> Optional[float]:
     """Median wall time of ``forward(model, batch)`` (by default the inference
-    forward, :func:`mmprune.graph.inference_forward`) at the batch's size, in ms,
+    forward, :func:`mmprune.tracing.inference_forward`) at the batch's size, in ms,
     on ``device`` (default: where the model's parameters are; it is moved back
     afterwards), with glibc malloc reusing its pages. ``None`` when ``runs <= 0``."""
     if runs <= 0:
         return None
     if forward is None:
-        from .graph import inference_forward as forward
+        from .tracing import inference_forward as forward
     home = next(model.parameters(), torch.empty(0)).device
     device = torch.device(device) if device is not None else home
     steady_malloc()

@@ -13,7 +13,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
+
+from .tp_adapter import recording_parameter_pruning
 
 #: a parameter's selections, in order: (dim, kept indices)
 Slices = List[Tuple[int, List[int]]]
@@ -26,22 +27,17 @@ def track_slices() -> Iterator[Dict[int, Slices]]:
     A parameter pruned on two sides (input and output channels) gets two
     selections. The map is filled while the context is open; read it after.
     """
-    func = tp.pruner.function.BasePruningFunc
-    original = func._prune_parameter_and_grad
     made: Dict[int, Tuple[nn.Parameter, Slices]] = {}
 
-    def recording(self, weight, keep_idxs, pruning_dim):
-        new = original(self, weight, keep_idxs, pruning_dim)
+    def record(weight, new, keep_idxs, pruning_dim):
         _, earlier = made.pop(id(weight), (None, []))
         made[id(new)] = (new, earlier + [(int(pruning_dim), [int(i) for i in keep_idxs])])
-        return new
 
     result: Dict[int, Slices] = {}
-    func._prune_parameter_and_grad = recording
     try:
-        yield result
+        with recording_parameter_pruning(record):
+            yield result
     finally:
-        func._prune_parameter_and_grad = original
         result.update({k: v for k, (_, v) in made.items()})
 
 

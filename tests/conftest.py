@@ -24,7 +24,7 @@ def _seed():
 
 
 def tensor_outputs(model, batch):
-    from mmprune.graph import tensor_forward
+    from mmprune.tracing import tensor_forward
     model.eval()
     with torch.no_grad():
         return tensor_forward(model, batch)

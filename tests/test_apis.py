@@ -9,7 +9,7 @@ import torch
 from mmengine.config import Config
 
 import mmprune
-from mmprune.graph import make_batch
+from mmprune.tracing import make_batch
 from mmprune.structure import apply_structure, snapshot
 
 from conftest import ROOT, state_equal, tensor_outputs, tiny

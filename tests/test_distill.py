@@ -117,7 +117,7 @@ def test_two_stage_detector_distils_the_rpn_layers_it_is_given():
     from types import SimpleNamespace
 
     import mmprune
-    from mmprune.graph import make_batch
+    from mmprune.tracing import make_batch
     model, cfg = mmprune.build_model(os.path.join(ROOT, 'configs', 'tiny',
                                                   'faster_rcnn_r18_tiny.py'))
     runner = SimpleNamespace(cfg=cfg)

@@ -5,11 +5,11 @@ import torch
 import mmprune
 import mmprune.flops as flops_mod
 from mmprune.flops import FlopsCounter, _transfer, count_flops_params
-from mmprune.graph import make_batch, tensor_forward
+from mmprune.tracing import make_batch, tensor_forward
 
 from conftest import tiny
 
-FULL = (320, 320)  # above mmprune.pruner.TRACE_SIDE, so re-counts use the small forward
+FULL = (320, 320)  # above the `trace_side` option, so re-counts use the small forward
 
 
 def _conv_macs(model, batch):
@@ -86,7 +86,7 @@ def test_inference_forward_is_the_deployed_graph():
     detector's RPN predicts for real, then its RoI head sees as many (fixed, spread
     over the FPN levels) proposals as test_cfg.rpn.max_per_img; the pruner's graph
     sees 4. The patches are undone after the call."""
-    from mmprune.graph import inference_forward, inference_proposals
+    from mmprune.tracing import inference_forward, inference_proposals
     model, cfg = mmprune.build_model(tiny('mask_rcnn_r18_tiny'))
     model.eval()
     batch = make_batch(model, cfg, (128, 128))
@@ -117,7 +117,7 @@ def test_inference_forward_is_the_deployed_graph():
 
 
 def test_inference_forward_leaves_out_auxiliary_heads():
-    from mmprune.graph import inference_forward
+    from mmprune.tracing import inference_forward
     model, cfg = mmprune.build_model(tiny('pspnet_r18_tiny'))
     model.eval()
     assert model.with_auxiliary_head
@@ -135,7 +135,7 @@ def test_inference_forward_leaves_out_auxiliary_heads():
 def test_target_flops_aims_at_the_inference_forward():
     """A two-stage detector's target is met on what it runs at test time (RoI head on
     1000 proposals); the re-count from the small graph equals a full count."""
-    from mmprune.graph import inference_forward
+    from mmprune.tracing import inference_forward
     model, cfg = mmprune.build_model(tiny('faster_rcnn_r18_tiny'))
     batch = make_batch(model.eval(), cfg, FULL)
     res = mmprune.prune(model, cfg=cfg, input_shape=FULL, target_flops=0.6)

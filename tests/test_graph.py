@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import mmprune
-from mmprune.graph import config_input_shape, find_output_layers, make_batch, tracing_state
+from mmprune.tracing import config_input_shape, find_output_layers, make_batch, tracing_state
 
 from conftest import tiny
 
@@ -55,3 +55,25 @@ def test_tracing_restores_modes_and_frozen_layers():
         assert torch.is_grad_enabled()
     assert [m.training for m in model.modules()] == modes
     assert [n for n, p in model.named_parameters() if not p.requires_grad] == frozen
+
+
+@pytest.mark.parametrize('name, rule, lost, kept', [
+    ('faster_rcnn_r18_tiny', 'rpn_outputs', set(), {'rpn_head.rpn_conv', 'neck.fpn_convs.3.conv'}),
+    ('pspnet_r18_tiny', 'auxiliary_heads', {'auxiliary_head.conv_seg'}, set()),
+])
+def test_forward_rules_trace_what_the_host_tensor_mode_leaves_out(name, rule, lost, kept):
+    """Without the rule the host's tensor mode does not trace these heads' graph: the RPN
+    predicts without gradients, so the layers feeding it are kept whole; the auxiliary
+    head runs only in the loss, so it is not traced at all (its output layer is not
+    found, and its input channels would not follow the backbone's)."""
+    import functools
+
+    from mmprune.tracing import TraceContext, tensor_forward
+    model, cfg = mmprune.build_model(tiny(name))
+    batch = make_batch(model, cfg, SHAPE)
+    with tracing_state(model):
+        names, _ = find_output_layers(model, batch)
+        without, _ = find_output_layers(model, batch, functools.partial(
+            tensor_forward, context=TraceContext(disabled=frozenset({rule}))))
+    assert set(names) >= lost and not set(without) & lost, (names, without)
+    assert not set(names) & kept and set(without) >= kept, (names, without)

@@ -12,6 +12,7 @@ the rules work around.)
 """
 import copy
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,8 +22,10 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS as SEG_MODELS
 
 import mmprune
-from mmprune.graph import make_batch, tensor_forward
+from mmprune.tracing import make_batch, tensor_forward
 from mmprune.models import build_pruned_model
+
+from conftest import state_equal
 
 BN = dict(type='BN')
 
@@ -303,3 +306,59 @@ def test_ffn_stays_prunable_across_target_flops_trials():
     assert abs(result.flops_ratio - 0.3) < 0.03
     assert first.out_features < 64 and model.backbone.ffn.layers[0][1].inplace
     assert not any('inplace' in attrs for attrs in result.structure['layers'].values())
+
+
+def _without(monkeypatch, rule: str) -> None:
+    """Prunes from now on trace with ``rule`` switched off."""
+    import functools
+
+    import mmprune.pruner as pruner
+    from mmprune.tracing import TraceContext
+    monkeypatch.setattr(pruner, 'TraceContext',
+                        functools.partial(TraceContext, disabled=frozenset({rule})))
+
+
+@pytest.mark.parametrize('rule, toy, needed', [
+    # Res2Net's chunks: torch-pruning maps the chunk ranges out of bounds
+    ('channel_split', 'ChunkyNet', 'fails'),
+    # DPT's reshape to another feature's width: the pruned model cannot run
+    ('tokens_to_maps', 'ReassembleNet', 'fails'),
+    # a constant added to a feature (position encodings) fixes its width
+    ('constant_operand', 'ReassembleNet', 'fails'),
+    # a grouped conv that is not depthwise keeps both sides
+    ('grouped_convs', 'QuirkyNet', 'structure'),
+])
+def test_each_rule_is_needed(rule, toy, needed, monkeypatch):
+    """With the rule the toy prunes into a working model; without it the prune fails (and
+    restores the model), or gives another structure (the grouped conv pruned)."""
+    model, cfg, batch, dense = _built_dense(toy)
+    kept = mmprune.prune(copy.deepcopy(model), 0.5, cfg=cfg, input_shape=(64, 64))
+    _without(monkeypatch, rule)
+    if needed == 'fails':
+        state = copy.deepcopy(model.state_dict())
+        with pytest.raises(RuntimeError):
+            mmprune.prune(model, 0.5, cfg=cfg, input_shape=(64, 64))
+        assert state_equal(state, model.state_dict())
+    else:
+        broken = mmprune.prune(model, 0.5, cfg=cfg, input_shape=(64, 64))
+        assert broken.structure != kept.structure
+        assert model.backbone.grouped.out_channels < 64  # the layer torch-pruning mis-indexes
+
+
+def test_concat_with_an_untraced_piece_prunes_the_traced_pieces_channels(monkeypatch):
+    """CGNet's concat of the image and a feature: with the recorded layout the body conv
+    loses the input channels of the stem's pruned filters and keeps the image's three;
+    without it torch-pruning's offsets start at 0 and cut into the image's columns."""
+    def image_columns_kept(model, dense):
+        """Whether every filter of the pruned body conv has its dense image columns."""
+        pruned = model.backbone.body.conv.weight[:, :3].flatten(1)
+        whole = dense.backbone.body.conv.weight[:, :3].flatten(1)
+        return all(bool((whole == row).all(1).any()) for row in pruned)
+    model, cfg, batch, dense = _built_dense('QuirkyNet')
+    kept = copy.deepcopy(model)
+    mmprune.prune(kept, 0.5, cfg=cfg, input_shape=(64, 64))
+    assert image_columns_kept(kept, model)
+    _without(monkeypatch, 'concat_layout')
+    shifted = copy.deepcopy(model)
+    mmprune.prune(shifted, 0.5, cfg=cfg, input_shape=(64, 64))
+    assert not image_columns_kept(shifted, model)

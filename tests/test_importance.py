@@ -1,10 +1,11 @@
 import pytest
 import torch_pruning as tp
 
-from mmprune.importance import IMPORTANCES, build_importance
+from mmprune.importance import (build_importance, importance_names, per_sample_gradients,
+                                reads_gradients)
 
 
-@pytest.mark.parametrize('name', sorted(IMPORTANCES))
+@pytest.mark.parametrize('name', importance_names())
 def test_every_name_builds_a_torch_pruning_importance(name):
     assert isinstance(build_importance(name), tp.importance.Importance)
 
@@ -16,3 +17,10 @@ def test_kwargs_and_errors():
         build_importance('nope')
     with pytest.raises(ValueError, match='Bad arguments'):
         build_importance(dict(type='l1', nonsense=True))
+
+
+def test_gradient_criteria_are_recognised_by_their_class():
+    assert [n for n in importance_names() if reads_gradients(build_importance(n))] == [
+        'group_hessian', 'group_taylor', 'hessian', 'taylor']
+    assert [n for n in importance_names() if per_sample_gradients(build_importance(n))] == [
+        'group_hessian', 'hessian']

@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 
 import mmprune
-import mmprune.pruner as pruner_mod
+import mmprune.latency as latency_mod
+from mmprune.search import FLOPS_TOLERANCE
 from mmprune.latency import WEIGHT_RANGE, group_weights, layer_times
 from mmprune.structure import snapshot
 
@@ -75,7 +76,7 @@ def test_each_group_is_pruned_at_the_ratio_times_its_weight(retina, monkeypatch)
     """With weights given, the stem's group loses 2x the ratio, the rest 1x or 0.5x."""
     model, cfg = copy.deepcopy(retina[0]), retina[1]
     dense = _widths(model)
-    real = pruner_mod.group_weights
+    real = latency_mod.group_weights
     seen = {}
 
     def weights(groups, times, flops):
@@ -83,7 +84,7 @@ def test_each_group_is_pruned_at_the_ratio_times_its_weight(retina, monkeypatch)
         seen.update({root: 2.0 if root == 'backbone.conv1' else 0.5
                      if root.startswith('neck.') else 1.0 for root in out})
         return dict(seen)
-    monkeypatch.setattr(pruner_mod, 'group_weights', weights)
+    monkeypatch.setattr(latency_mod, 'group_weights', weights)
     result = mmprune.prune(model, pruning_ratio=0.25, cfg=cfg, input_shape=SHAPE,
                            allocation='latency', round_to=None)
     assert result.options['allocation'] == 'latency'
@@ -99,7 +100,7 @@ def test_a_heavy_group_keeps_half_of_what_the_common_ratio_leaves(retina, monkey
     none); the group goes to (1 + 0.6) / 2 = 0.8 instead."""
     model, cfg = copy.deepcopy(retina[0]), retina[1]
     dense = _widths(model)['backbone.layer1.0.conv1']
-    monkeypatch.setattr(pruner_mod, 'group_weights', lambda groups, t, f: {
+    monkeypatch.setattr(latency_mod, 'group_weights', lambda groups, t, f: {
         root: 2.0 if root == 'backbone.layer1.0.conv1' else 1.0 for root, _ in groups})
     mmprune.prune(model, 0.6, cfg=cfg, input_shape=SHAPE, allocation='latency', round_to=None)
     assert _widths(model)['backbone.layer1.0.conv1'] == int(dense * (1 - 0.8))  # tp's count
@@ -108,7 +109,7 @@ def test_a_heavy_group_keeps_half_of_what_the_common_ratio_leaves(retina, monkey
 def test_pruning_ratio_dict_entries_keep_their_ratio(retina, monkeypatch):
     model, cfg = copy.deepcopy(retina[0]), retina[1]
     dense = _widths(model)
-    monkeypatch.setattr(pruner_mod, 'group_weights',
+    monkeypatch.setattr(latency_mod, 'group_weights',
                         lambda groups, t, f: {root: 2.0 for root, _ in groups})
     mmprune.prune(model, pruning_ratio=0.25, cfg=cfg, input_shape=SHAPE, round_to=None,
                   allocation='latency', pruning_ratio_dict={'backbone.conv1': 0.0})
@@ -122,7 +123,7 @@ def test_latency_allocation_meets_a_flops_target(retina):
     model, cfg = copy.deepcopy(retina[0]), retina[1]
     result = mmprune.prune(model, cfg=cfg, input_shape=SHAPE, target_flops=0.5,
                            allocation='latency')
-    assert abs(result.flops_ratio - 0.5) <= 0.5 * pruner_mod.FLOPS_TOLERANCE + 1e-9
+    assert abs(result.flops_ratio - 0.5) <= 0.5 * FLOPS_TOLERANCE + 1e-9
 
 
 @pytest.mark.parametrize('kwargs, match', [

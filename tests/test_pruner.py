@@ -6,7 +6,7 @@ import torch
 import torch_pruning as tp
 
 import mmprune
-from mmprune.graph import make_batch
+from mmprune.tracing import make_batch
 from mmprune.structure import snapshot
 
 from conftest import state_equal, tensor_outputs, tiny
@@ -15,6 +15,7 @@ SHAPE = (96, 128)
 
 
 def build(name):
+    torch.manual_seed(0)  # the same weights whichever tests ran before
     model, cfg = mmprune.build_model(tiny(name))
     return model, cfg
 
@@ -155,10 +156,9 @@ def test_iterative_and_global(retina):
             assert attrs['out_channels'] % 4 == 0, (name, attrs)
 
 
-def test_round_channels_nearest_multiple_per_group(monkeypatch):
-    import mmprune.pruner as pruner
-    from mmprune.pruner import _round_channels
-    monkeypatch.setattr(pruner, 'FAST_COUNTS', False)  # the nearest multiple (next test: fast)
+def test_round_channels_nearest_multiple_per_group():
+    from mmprune.counts import ChannelCounts
+    _round_channels = ChannelCounts(fast=False).pruned  # the nearest multiple (next test: fast)
     assert _round_channels(30, 64, 8) == 32  # kept 34 -> 32
     assert _round_channels(27, 64, 8) == 24  # kept 37 -> 40 (nearest, not down)
     assert _round_channels(27, 64, 8, down=True) == 32  # global ranking: down
@@ -172,14 +172,14 @@ def test_round_channels_nearest_multiple_per_group(monkeypatch):
     assert _round_channels(1, 64, 8, groups=16) == 1
 
 
-def test_round_channels_prefers_fast_counts(monkeypatch):
-    import mmprune.pruner as pruner
-    from mmprune.pruner import _round_channels, _slow_count
+def test_round_channels_prefers_fast_counts():
+    from mmprune.counts import ChannelCounts, slow_count as _slow_count
+    counts = ChannelCounts()
     assert [c for c in range(8, 513, 8) if _slow_count(c)] == [  # 7, 11, 13, ... 31 blocks
         104, 112, 168, 176, 200, 208, 264, 272, 296, 304, 360, 368, 456, 464, 488, 496]
 
     def kept(size, want, **kwargs):
-        return size - _round_channels(size - want, size, 8, **kwargs)
+        return size - counts.pruned(size - want, size, 8, **kwargs)
 
     # layers of BLOCKS_FROM (128) channels and more keep whole 16-channel blocks
     assert kept(512, 360) == 384  # 360 = 22.5 blocks; 23 is prime; 384 = 24 blocks, 6 x 64
@@ -190,35 +190,35 @@ def test_round_channels_prefers_fast_counts(monkeypatch):
     assert kept(2048, 1448) == 1472  # 23 x 64
     assert kept(64, 48) == 48 and kept(32, 24) == 24  # 1/8 of a narrow count: no other choice
     assert kept(256, 184, down=True) == 176  # global ranking: never above the count asked for
-    monkeypatch.setattr(pruner, 'BLOCKS_FROM', None)  # multiples of 8 everywhere
+    counts = ChannelCounts(blocks_from=None)  # multiples of 8 everywhere
     assert kept(512, 360) == 352  # 23 blocks of 16 -> 22: the nearest multiple of 32
     assert kept(2048, 1448) == 1440
     assert kept(256, 184, down=True) == 184
     # GroupNorm, 16 groups of 16, 11 asked for per group: the total decides (11 x 16 makes
     # 11 blocks; 12 x 16 = 192 is a multiple of 4 per group)
-    assert _round_channels(5, 256, 8, groups=16) == 4
-    monkeypatch.setattr(pruner, 'FAST_COUNTS', False)
+    assert counts.pruned(5, 256, 8, groups=16) == 4
+    counts = ChannelCounts(fast=False, blocks_from=None)
     assert kept(512, 360) == 360 and kept(256, 133) == 136 and kept(256, 184) == 184
 
 
 def test_unmet_flops_target_reports_the_flops_left(monkeypatch):
     """FLOPs that jump over the target: the warning gives FLOPs a pruned model had,
     not the search bracket's bound (it used to print 100.0 %)."""
-    import mmprune.pruner as pruner
+    import mmprune.search as search
     logged = []
-    monkeypatch.setattr(pruner, 'print_log', lambda msg, **kwargs: logged.append(msg))
+    monkeypatch.setattr(search, 'print_log', lambda msg, **kwargs: logged.append(msg))
 
     def run(ratio, refine=False, exact=False):  # 60 % at small ratios, else 30 %: never 50
         return 600 if ratio < 0.2 and not refine else 300
 
-    pruner._search_flops(run, lambda: None, torch.nn.Linear(1, 1), 1000, 0.5, 1.0)
+    search.search_flops(run, lambda: None, torch.nn.Linear(1, 1), 1000, 0.5, 1.0)
     out = '\n'.join(logged)
     assert 'target_flops=0.5 not met' in out
     assert '60.0% of the FLOPs before' in out or '30.0% of the FLOPs before' in out, out
 
 
 def test_default_round_to_keeps_multiples_of_8(retina):
-    from mmprune.pruner import DEFAULT_ROUND_TO
+    from mmprune.options import DEFAULT_ROUND_TO
     assert DEFAULT_ROUND_TO == 8
     widths = {}
     for round_to in (DEFAULT_ROUND_TO, None):
@@ -339,7 +339,7 @@ def _with_train_data(cfg, root, n):
 
 
 def test_gradient_criteria_read_the_config_train_dataloader(retina, tmp_path):
-    from mmprune.pruner import _train_batches
+    from mmprune.loss import train_batches as _train_batches
     model, cfg = fresh(retina)
     cfg = _with_train_data(cfg, str(tmp_path), n=4)
     batches = _train_batches(cfg, 2)
@@ -376,10 +376,10 @@ def test_a_pruned_model_that_fails_its_loss_is_restored(retina, monkeypatch):
 
 @pytest.mark.parametrize('name', ['retinanet_r18_tiny', 'mask_rcnn_r18_tiny'])
 def test_tracing_at_a_smaller_size_prunes_the_same_channels(name, monkeypatch):
-    """The graph is traced at TRACE_SIDE (faster); structure and FLOPs at input_shape
-    are those of tracing at the full size."""
-    import mmprune.graph as graph
+    """The graph is traced at the trace_side option (faster); structure and FLOPs at
+    input_shape are those of tracing at the full size."""
     import mmprune.pruner as pruner
+    import mmprune.tracing as graph
     dense, cfg = build(name)
     traced = []
     real = graph.find_output_layers
@@ -391,10 +391,9 @@ def test_tracing_at_a_smaller_size_prunes_the_same_channels(name, monkeypatch):
     monkeypatch.setattr(pruner, 'find_output_layers', spy)
     results = {}
     for side in (None, 64):
-        monkeypatch.setattr(pruner, 'TRACE_SIDE', side)
         model = copy.deepcopy(dense)
         results[side] = mmprune.prune(model, pruning_ratio=0.5, cfg=cfg, input_shape=SHAPE,
-                                      round_to=4)
+                                      round_to=4, trace_side=side)
     assert traced == [SHAPE, (64, 96)]
     assert results[64].structure == results[None].structure
     assert results[64].flops == results[None].flops
@@ -447,7 +446,7 @@ def test_gradient_criteria_take_the_loss_in_training_mode(importance):
 
 
 def test_loss_mode_sets_norms_to_their_running_statistics(retina):
-    from mmprune.pruner import loss_mode
+    from mmprune.loss import loss_mode
     model, _ = fresh(retina)
     model.eval()
     with loss_mode(model):

@@ -18,7 +18,7 @@ from mmengine.registry import HOOKS, init_default_scope
 
 import mmprune
 from mmprune.apis import build_model, load_config
-from mmprune.graph import make_batch
+from mmprune.tracing import make_batch
 from mmprune.hooks import PruningHook
 
 from conftest import ROOT, tensor_outputs

@@ -7,7 +7,7 @@ import torch.nn as nn
 from mmengine.optim import OptimWrapper, build_optim_wrapper
 
 import mmprune
-from mmprune.graph import make_batch
+from mmprune.tracing import make_batch
 from mmprune.sparse import SparseAmpOptimWrapper, SparseOptimWrapperConstructor
 
 from conftest import tiny

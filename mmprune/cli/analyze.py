@@ -6,7 +6,7 @@
 (``mmprune.PrunedModel``) the dense model it came from is built too, and every
 pruned layer is listed with its channels dense -> pruned. FLOPs are torch-pruning's
 count of multiply-accumulates of the forward a deployed model runs
-(:func:`mmprune.graph.inference_forward`: the host's ``mode='tensor'``, no auxiliary
+(:func:`mmprune.tracing.inference_forward`: the host's ``mode='tensor'``, no auxiliary
 heads, 1000 proposals through a two-stage RoI head), the count ``prune()`` reports
 and ``target_flops`` aims at; where the graph ``prune()`` traces (auxiliary heads
 included, 4 proposals) counts differently, that count is printed too
@@ -22,14 +22,14 @@ import copy
 import json
 
 import torch
+import torch.nn as nn
 
 import mmprune
 from mmprune.apis import dense_model_cfg, is_pruned_config, load_config
-from mmprune.flops import FlopsCounter
-from mmprune.graph import inference_forward, make_batch, tensor_forward
-from mmprune.pruner import count_flops_params
+from mmprune.flops import FlopsCounter, count_flops_params
 from mmprune.structure import kept_channels
 from mmprune.timing import forward_ms
+from mmprune.tracing import inference_forward, make_batch, tensor_forward
 
 
 def parse_args(argv=None):
@@ -43,13 +43,22 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+class _Forward(nn.Module):
+    """Lets mmengine's module-level counter run ``forward(model, batch)``."""
+
+    def __init__(self, model: nn.Module, forward) -> None:
+        super().__init__()
+        self.model, self._forward = model, forward
+
+    def forward(self, batch):
+        return self._forward(self.model, batch)
+
+
 def mmengine_flops(model, batch, forward=inference_forward):
     """mmengine's own count, or None when its tracer cannot run the model."""
     try:
         from mmengine.analysis import get_model_complexity_info
-
-        from mmprune.pruner import _TensorForward
-        info = get_model_complexity_info(_TensorForward(model, forward), inputs=(batch,),
+        info = get_model_complexity_info(_Forward(model, forward), inputs=(batch,),
                                          show_table=False, show_arch=False)
         return int(info['flops'])
     except Exception:  # noqa: BLE001 - a reference figure only

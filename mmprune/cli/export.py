@@ -23,7 +23,7 @@ import torch.nn as nn
 
 import mmprune
 from mmprune.checkpoint import atomic_write
-from mmprune.graph import make_batch
+from mmprune.tracing import make_batch
 from mmprune.timing import median_ms, steady_malloc
 
 

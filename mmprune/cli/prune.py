@@ -33,7 +33,7 @@ def parse_args(argv=None):
     p.add_argument('--name', help='file name stem (default: the config name)')
     p.add_argument('--ratio', type=float, dest='pruning_ratio', help='channel pruning ratio')
     p.add_argument('--importance',
-                   help='criterion: ' + ', '.join(sorted(mmprune.importance.IMPORTANCES)))
+                   help='criterion: ' + ', '.join(mmprune.importance.importance_names()))
     p.add_argument('--target-flops', type=float, help='FLOPs to keep, fraction of dense')
     p.add_argument('--global-pruning', action='store_true', default=None)
     p.add_argument('--max-pruning-ratio', type=float)

@@ -31,7 +31,7 @@ import mmprune
 from mmprune.apis import build_model, load_config
 from mmprune.checkpoint import atomic_write
 from mmprune.evaluation import main_metric
-from mmprune.graph import find_output_layers, make_batch, tracing_state
+from mmprune.tracing import find_output_layers, make_batch, tracing_state
 
 
 def parse_args(argv=None):

@@ -35,7 +35,7 @@ def parse_args(argv=None):
                    help='FLOPs fractions of the dense model')
     p.add_argument('--importance', default=mmprune.importance.DEFAULT_IMPORTANCE)
     p.add_argument('--finetune-iters', type=int, default=0)
-    p.add_argument('--round-to', type=int, default=mmprune.pruner.DEFAULT_ROUND_TO,
+    p.add_argument('--round-to', type=int, default=mmprune.options.DEFAULT_ROUND_TO,
                    help='kept channel counts are multiples of this (1: exact counts)')
     p.add_argument('--input-shape', type=int, nargs=2, metavar=('H', 'W'))
     p.add_argument('--work-dir')

@@ -20,7 +20,7 @@ from mmengine.config import Config
 
 from ..apis import dense_model_cfg, is_pruned_config, load_config
 from ..configs import config_path
-from ..graph import config_input_shape
+from ..tracing import config_input_shape
 from .compat import export_patches, require_mmdeploy
 
 #: the project's deploy settings, by task (``configs/deploy/``)

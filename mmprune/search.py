@@ -1,0 +1,138 @@
+"""The ``target_flops`` search: the pruning ratio whose FLOPs are the target.
+
+FLOPs are measured, not estimated: each trial prunes the model (``run``), counts its
+FLOPs and restores it (``restore``) when it is not the one kept.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Dict, Optional
+
+import torch.nn as nn
+from mmengine.logging import print_log
+
+from .structure import apply_structure, snapshot, structure_between
+
+#: relative tolerance on ``target_flops``
+FLOPS_TOLERANCE = 0.02
+
+
+def restore_point(model: nn.Module) -> Callable[[], None]:
+    """A function that puts ``model`` back as it is now: structure, weights, no grads."""
+    before = snapshot(model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def restore() -> None:
+        apply_structure(model, structure_between(snapshot(model), before), check_edits=False)
+        model.load_state_dict(state)
+        for p in model.parameters():
+            p.grad = None
+    return restore
+
+
+def bracket(run: Callable[[float], int], restore: Callable[[], None], dense: int,
+             target: float, cap: float, guess: float, start: float = 1.0,
+             near: Optional[float] = None):
+    """Search the ratio whose FLOPs are ``target`` of ``dense``.
+
+    ``start`` is the FLOPs fraction at ratio 0 (below 1 when refining a pruned
+    model). With ``near``, the search stops at a trial above the target by at
+    most ``near * target`` (a refinement takes it from there). FLOPs fall
+    roughly as ``(1 - ratio) ** k``; each trial fits ``k`` through itself and
+    the largest ratio still above the target (ratio 0 at first), and the
+    estimate is kept inside the bracket of the trials so far.
+    Returns ``(ratio, frac, met, pruned)``: when met, the model is left pruned
+    at ``ratio``; otherwise ``ratio`` is the largest one tried whose FLOPs
+    fraction ``frac`` is still above the target, and the model is left pruned
+    at it when ``pruned`` (its trial was the last), else restored.
+    """
+    lo, f_lo, hi = 0.0, start, cap
+    ratio = min(max(guess, 1e-3), cap)
+    for _ in range(10):
+        frac = run(ratio) / dense
+        if abs(frac - target) <= FLOPS_TOLERANCE * target:
+            return ratio, frac, True, True
+        base, f_base = lo, f_lo
+        if frac > target:
+            lo, f_lo = ratio, frac
+        else:
+            hi = ratio
+        # FLOPs move in steps here (leave the rest to refinement), or the cap is reached
+        if hi - lo < 5e-3 or lo >= cap or (
+                near is not None and lo == ratio and frac - target <= near * target):
+            if lo != ratio:
+                restore()
+            return lo, f_lo, False, lo == ratio and lo > 0
+        restore()
+        estimate = (lo + hi) / 2
+        if 0 < frac < f_base and base < ratio < 1:
+            k = math.log(frac / f_base) / math.log((1 - ratio) / (1 - base))
+            estimate = 1 - (1 - base) * (target / f_base) ** (1 / k)
+        if not lo < estimate < hi:
+            estimate = (lo + hi) / 2 if hi < cap or frac <= target else cap
+        ratio = min(estimate, cap)
+    return lo, f_lo, False, False
+
+
+def search_flops(run: Callable[..., int], restore: Callable[[], None], model: nn.Module,
+                  dense: int, target: float, max_ratio: float,
+                  rounded: bool = True) -> Dict[str, Any]:
+    """Prune ``model`` to ``target`` of the dense FLOPs, within :data:`FLOPS_TOLERANCE`.
+
+    A uniform ratio moves FLOPs in steps when layers are narrow, so when no
+    ratio lands within the tolerance, the model is pruned at the largest ratio
+    above the target and the rest is removed by a small global-ranking step
+    (with exact channel counts when rounded ones cannot land within it).
+    """
+    cap = min(max_ratio, 0.99)
+    # a uniform ratio within 3x the tolerance above the target is left to the refinement
+    ratio, frac, met, pruned = bracket(run, restore, dense, target, cap,
+                                        1 - math.sqrt(target), near=3 * FLOPS_TOLERANCE)
+    exact_counts: Dict[str, Any] = {}
+    if ratio >= cap and rounded:
+        # rounded counts keep at least round_to channels per layer, a floor under the
+        # FLOPs of a deep prune: search again with exact counts
+        print_log(f'[mmprune] target_flops={target} is below what rounded channel counts '
+                  f'reach ({frac:.1%} at ratio {cap:.3f}); searching with exact counts '
+                  f'(round_to=None)', logger='current', level=logging.WARNING)
+        if pruned:
+            restore()
+        exact_counts = dict(round_to=None)
+        base_run = run
+
+        def run(ratio: float, refine: bool = False, exact: bool = False) -> int:
+            return base_run(ratio, refine=refine, exact=True)
+
+        ratio, frac, met, pruned = bracket(run, restore, dense, target, cap,
+                                            1 - math.sqrt(target), near=3 * FLOPS_TOLERANCE)
+    if met:
+        return dict(pruning_ratio=ratio, **exact_counts)
+    if ratio >= cap:
+        raise ValueError(
+            f'target_flops={target} is unreachable: at the largest allowed ratio {cap:.3f} '
+            f'(max_pruning_ratio={max_ratio}) FLOPs are still {frac:.1%} of dense'
+            + (' with exact channel counts' if rounded else '')
+            + '; the layers kept whole (output layers, ignored_layers) set a floor. Ask for '
+              'more FLOPs, or a higher max_pruning_ratio')
+    if ratio > 0 and not pruned:
+        run(ratio)
+    back = restore_point(model)
+    exact = False
+    extra, frac2, met, pruned = bracket(lambda r: run(r, refine=True),
+                                         back, dense, target,
+                                         cap, (frac - target) / frac / 2, frac)
+    if not met:  # rounded channel counts move FLOPs in steps too coarse for the target
+        exact = True
+        if pruned:
+            back()
+        extra, frac2, met, pruned = bracket(lambda r: run(r, refine=True, exact=True),
+                                             back, dense,
+                                             target, cap, (frac - target) / frac / 2, frac)
+    if not met:  # the model keeps the largest refinement above the target
+        final = frac2 if pruned or extra == 0 else run(extra, refine=True, exact=True) / dense
+        print_log(f'[mmprune] target_flops={target} not met within {FLOPS_TOLERANCE:.0%}: '
+                  f'{final:.1%} of the FLOPs before this prune', logger='current',
+                  level=logging.WARNING)
+    return dict(pruning_ratio=ratio, global_refine_ratio=extra, **exact_counts,
+                **(dict(refine_round_to=None) if exact and not exact_counts else {}))

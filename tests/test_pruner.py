@@ -456,3 +456,22 @@ def test_loss_mode_sets_norms_to_their_running_statistics(retina):
     with loss_mode(model):
         assert torch.equal(torch.rand(3), first)  # a fixed seed for dropout and drop-path
     assert not any(m.training for m in model.modules())
+
+
+def test_every_option_is_checked_once_and_recorded(retina):
+    """PruneOptions checks the options before anything is built and the result records
+    every one, the switches that were module constants included."""
+    from mmprune.options import PruneOptions
+    with pytest.raises(TypeError, match=r"unknown pruning option\(s\) \['trace_size'\]"):
+        mmprune.prune(retina[0], 0.3, cfg=retina[1], trace_size=128)
+    for bad in (dict(fast_counts='yes'), dict(blocks_from=0), dict(trace_side=-1),
+                dict(num_batches=0), dict(seed=-1), dict(iterative_steps=True)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            PruneOptions(**bad)
+    model, cfg = fresh(retina)
+    result = mmprune.prune(model, 0.3, cfg=cfg, input_shape=SHAPE, fast_counts=False,
+                           blocks_from=None, trace_side=None)
+    assert set(result.options) >= set(PruneOptions.names())
+    assert (result.options['fast_counts'], result.options['blocks_from'],
+            result.options['trace_side']) == (False, None, None)
+    assert result.options['input_shape'] == list(SHAPE)

@@ -36,8 +36,8 @@ import torch.nn as nn
 from mmengine.hooks import Hook
 
 from .hooks import unwrap_model
-from .tracing import first_tensor, flatten_tensors
 from .registry import HOOKS
+from .tracing import first_tensor, flatten_tensors
 
 
 def channel_wise_divergence(student: torch.Tensor, teacher: torch.Tensor,

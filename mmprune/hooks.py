@@ -27,13 +27,13 @@ from mmengine.hooks import EMAHook, Hook
 from mmengine.model import is_model_wrapper
 
 from .checkpoint import allow_mmengine_types
-from .tracing import make_batch, tracing_state
-from .importance import DEFAULT_IMPORTANCE
 from .flops import count_flops_params
+from .importance import DEFAULT_IMPORTANCE
 from .options import PruneOptions, match_modules
 from .pruner import prune
 from .registry import HOOKS
 from .structure import apply_structure, compose, is_empty, structure_hash
+from .tracing import make_batch, tracing_state
 from .tracking import remap_optimizer, slice_copy, slices_by_name, track_slices
 
 RAMPS = ('linear', 'cubic')

@@ -362,3 +362,33 @@ def test_concat_with_an_untraced_piece_prunes_the_traced_pieces_channels(monkeyp
     shifted = copy.deepcopy(model)
     mmprune.prune(shifted, 0.5, cfg=cfg, input_shape=(64, 64))
     assert not image_columns_kept(shifted, model)
+
+
+@SEG_MODELS.register_module(force=True)
+class GateNet(BaseModule):
+    """A one-channel gate multiplied into a wide feature (PIDNet's boundary attention,
+    BiSeNetV2's gates)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = ConvModule(3, 32, 3, stride=2, padding=1, norm_cfg=BN)
+        self.gate = nn.Conv2d(32, 1, 1)
+        self.out = nn.Conv2d(32, 32, 1)
+
+    def forward(self, x):
+        f = self.stem(x)
+        return (self.out(f * torch.sigmoid(self.gate(f))),)
+
+
+def test_a_one_channel_gate_does_not_pin_the_feature_it_scales(monkeypatch):
+    model, cfg, batch, dense = _built_dense('GateNet')
+    pruned = copy.deepcopy(model)
+    mmprune.prune(pruned, 0.5, cfg=cfg, input_shape=(64, 64))
+    assert pruned.backbone.stem.conv.out_channels == pruned.backbone.gate.in_channels < 32
+    assert pruned.backbone.gate.out_channels == 1
+    with torch.no_grad():
+        assert [o.shape for o in tensor_forward(pruned.eval(), batch)] == dense
+    _without(monkeypatch, 'broadcast_gate')  # the gate's one channel couples with all 32
+    mmprune.prune(model, 0.5, cfg=cfg, input_shape=(64, 64))
+    assert model.backbone.stem.conv.out_channels == 32
+

@@ -135,11 +135,12 @@ def _check(model: nn.Module, structure: Dict[str, Any], edits: bool = True) -> N
     _check_consistent(model, structure)
 
 
-#: attributes pruning changes: channel, feature, dimension, head and group counts. Geometry
+#: attributes pruning changes: channel, feature, dimension, head and group counts (PReLU's
+#: ``num_parameters``, recurrent layers' sizes). Geometry
 #: (kernel_size, stride, padding, dilation ...) and numerics (eps, momentum) never change, so
 #: a structure naming them was edited, and applying it would silently change the outputs.
-_PRUNABLE_ATTR = re.compile(r'^(groups|[kv]dim|normalized_shape)$'
-                            r'|(^|_)(channels|features|dims?|heads)$')
+_PRUNABLE_ATTR = re.compile(r'^(groups|[kv]dim|normalized_shape|num_parameters|hidden_size'
+                            r'|input_size)$|(^|_)(channels|features|dims?|heads)$')
 
 
 def _check_value(name: str, module: nn.Module, key: str, value: Any) -> None:

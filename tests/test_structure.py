@@ -79,3 +79,21 @@ def test_mismatching_structure_is_refused_before_any_change(mutate, match):
     with pytest.raises((KeyError, ValueError), match=match):
         apply_structure(model, s)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize('layer', [nn.PReLU(16), nn.GroupNorm(4, 16), nn.InstanceNorm2d(16, affine=True)])
+def test_every_count_torch_pruning_changes_is_accepted(layer):
+    """A structure torch-pruning produced applies to a fresh model (PReLU's
+    ``num_parameters``, as in CGNet, was refused as an edited attribute)."""
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 16, 3), copy.deepcopy(layer), nn.Conv2d(16, 8, 1))
+    model = net()
+    before = snapshot(model)
+    dg = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 8, 8))
+    dg.get_pruning_group(model[0], tp.prune_conv_out_channels, idxs=[0, 1, 2, 3]).prune()
+    structure = diff(before, model)
+    assert structure['layers']['1']
+    fresh = apply_structure(net(), structure)
+    fresh.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(fresh(x), model(x))

@@ -100,6 +100,8 @@ class PruningHook(Hook):
         if unknown:
             raise TypeError(f'PruningHook got unknown option(s) {unknown}; '
                             f'known: {sorted(_PRUNE_OPTIONS)}')
+        if pruning_ratio is None and target_flops is None and options.get('remove_blocks'):
+            pruning_ratio = 0.0  # blocks only
         if (pruning_ratio is None) == (target_flops is None) and not options.get(
                 'pruning_ratio_dict'):
             raise ValueError('PruningHook needs exactly one of pruning_ratio and target_flops')
@@ -132,6 +134,8 @@ class PruningHook(Hook):
         self.dense: Optional[Dict[str, int]] = None
         self.current: Optional[Dict[str, int]] = None
         self.last_metrics: Dict[str, float] = {}
+        #: removable blocks of the dense model (for a ``remove_blocks`` fraction)
+        self.block_total: Optional[int] = None
         allow_mmengine_types()  # --resume loads the Runner's checkpoints with weights_only=True
 
     # ---- schedule ---------------------------------------------------------------------
@@ -156,7 +160,19 @@ class PruningHook(Hook):
         if self.options.get('pruning_ratio_dict'):  # fixed ratios: ramped, as the ratio is
             kwargs['pruning_ratio_dict'] = {p: step_ratio(r) for p, r in
                                             self.options['pruning_ratio_dict'].items()}
+        kwargs['remove_blocks'] = self.step_blocks(k)
         return kwargs
+
+    def step_blocks(self, k: int) -> Any:
+        """``remove_blocks`` of step ``k``: named blocks go at the first step; a count (or
+        a fraction of the dense model's removable blocks, :attr:`block_total`) follows
+        the ramp, counting the blocks already removed."""
+        request = self.options.get('remove_blocks')
+        if request is None or isinstance(request, (list, tuple)):
+            return request if k == 0 or not self.structure.get('removed') else None
+        total = request if isinstance(request, int) else round(request * self.block_total)
+        count = round(total * self.fraction(k)) - len(self.structure.get('removed', {}))
+        return count if count > 0 else None
 
     # ---- runner events ----------------------------------------------------------------
     def before_train(self, runner) -> None:
@@ -164,6 +180,11 @@ class PruningHook(Hook):
         if self.dense is None:  # not restored from a checkpoint: the model is dense now
             self.dense = self._count(runner)
             self.current = dict(self.dense)
+            if isinstance(self.options.get('remove_blocks'), float):
+                from .depth import find_blocks
+                model = unwrap_model(runner.model)
+                self.block_total = len(find_blocks(model, make_batch(model, runner.cfg,
+                                                                     self.input_shape)))
             runner.logger.info(f'[mmprune] dense model: {self.dense["params"] / 1e6:.2f}M params, '
                                f'{self.dense["flops"] / 1e9:.3f}G FLOPs; pruning at '
                                f'{"epochs" if self.by_epoch else "iterations"} {self.points}')
@@ -219,7 +240,7 @@ class PruningHook(Hook):
         checkpoint.setdefault('meta', {})[META_KEY] = dict(
             structure=copy.deepcopy(self.structure), done=list(self.done),
             dense=self.dense, current=self.current, hash=structure_hash(self.structure),
-            flops_counter=FLOPS_COUNTER)
+            flops_counter=FLOPS_COUNTER, block_total=self.block_total)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         meta = (checkpoint.get('meta') or {}).get(META_KEY)
@@ -251,6 +272,7 @@ class PruningHook(Hook):
                 f'{dense["flops"] / 1e9:.4f}G dense')
         self.dense = dense or self.dense
         self.current = current or self.current
+        self.block_total = meta.get('block_total', self.block_total)
         runner.logger.info(f'[mmprune] pruned structure {structure_hash(structure)} rebuilt '
                            f'from the checkpoint; steps done: {self.done}')
 

@@ -113,8 +113,8 @@ def train_batches(cfg, num_batches: int) -> Optional[List[Dict[str, Any]]]:
     try:
         dataset = DATASETS.build(loader_cfg['dataset'])
     except (FileNotFoundError, OSError) as e:
-        print_log(f'[mmprune] train_dataloader unavailable ({e}); gradient importance uses '
-                  f'synthetic batches', logger='current', level=logging.WARNING)
+        print_log(f'[mmprune] train_dataloader unavailable ({e}); synthetic batches are '
+                  f'used instead', logger='current', level=logging.WARNING)
         return None
     except Exception as e:  # an empty annotation file fails inside the host's dataset
         raise ValueError(f'the gradient importance needs data, but the config\'s '

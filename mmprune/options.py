@@ -60,6 +60,11 @@ class PruneOptions:
             larger ``input_shape`` is scaled down to it: channel coupling does not
             depend on the image size; FLOPs are still counted at ``input_shape``);
             None traces at ``input_shape``.
+        remove_blocks: whole residual blocks removed before the channels are pruned
+            (:mod:`mmprune.depth`): a count, a fraction in (0, 1) of the removable
+            blocks, or a list of block names; None removes none.
+        block_criterion: how blocks are chosen, ``'output'`` (the change of the
+            outputs when a block is skipped) or ``'loss'`` (the increase of the loss).
     """
 
     pruning_ratio: float = 0.5
@@ -79,6 +84,8 @@ class PruneOptions:
     fast_counts_from: int = 128
     blocks_from: Optional[int] = 128
     trace_side: Optional[int] = 256
+    remove_blocks: Union[None, int, float, Sequence[str]] = None
+    block_criterion: str = 'output'
 
     @classmethod
     def names(cls) -> Tuple[str, ...]:
@@ -126,6 +133,11 @@ class PruneOptions:
         if isinstance(self.ignored_layers, str):
             self.ignored_layers = [self.ignored_layers]
         self.ignored_layers = list(self.ignored_layers)
+        self.remove_blocks = _block_request(self.remove_blocks)
+        from .depth import BLOCK_CRITERIA
+        if self.block_criterion not in BLOCK_CRITERIA:
+            raise ValueError(f'block_criterion must be one of {BLOCK_CRITERIA}, but got '
+                             f'{self.block_criterion!r}')
         build_importance(self.importance)  # bad kwargs fail before anything is built
 
     def recorded(self) -> Dict[str, Any]:
@@ -144,6 +156,25 @@ def _number(value: Any, low: float, high: float, low_open: bool = False) -> bool
 
 def _int(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _block_request(value: Any) -> Union[None, int, float, List[str]]:
+    """``remove_blocks``: None, a count, a fraction in (0, 1) or a list of names."""
+    if value is None or (_int(value, 0) and value == 0):
+        return None
+    if _int(value, 1):
+        return value
+    if _number(value, 0, 1, low_open=True) and value < 1 and isinstance(value, float):
+        return value
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, str) and v for v in value):
+        if len(set(value)) != len(value):
+            raise ValueError(f'remove_blocks names a block twice: {list(value)}')
+        return list(value)
+    raise ValueError(f'remove_blocks must be a count of blocks, a fraction in (0, 1) of the '
+                     f'removable ones, or a list of block names, but got {value!r}')
 
 
 def _ratio(name: str, value: Any) -> float:

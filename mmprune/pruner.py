@@ -25,13 +25,14 @@ from mmengine.logging import print_log
 
 from .counts import ChannelCounts
 from .custom_layers import customized_pruners_for
-from .flops import FlopsCounter, layer_flops, recording
+from .depth import prepared, remove_blocks, select_blocks
+from .flops import FlopsCounter, count_flops_params, layer_flops, recording
 from .importance import (DEFAULT_IMPORTANCE, build_importance, importance_name,
                          per_sample_gradients, reads_gradients)
 from .latency import LatencyAllocation, layer_times
 from .loss import accumulate_gradients, check_loss, one_value_norms, train_batches
 from .options import PruneOptions, check_prunable, resolve_layers, top_level
-from .search import restore_point, search_flops
+from .search import FLOPS_TOLERANCE, restore_point, search_flops
 from .structure import diff, snapshot
 from .tp_adapter import GroupPruner, build_graph, group_error, torch_pruning_fixes
 from .tracing import (PRUNABLE_ROOTS, TraceContext, attention_heads, attention_projections,
@@ -56,6 +57,8 @@ class PruneResult:
     #: model runs), or ``'tensor_forward'`` (the pruner's graph) where the host's
     #: tensor mode fails on the model
     flops_forward: str = 'inference_forward'
+    #: the residual blocks removed (``remove_blocks``), each now its skip path
+    removed_blocks: List[str] = field(default_factory=list)
 
     @property
     def flops_ratio(self) -> float:
@@ -68,7 +71,8 @@ class PruneResult:
     def summary(self) -> str:
         return (f'params {self.params[0] / 1e6:.2f}M -> {self.params[1] / 1e6:.2f}M '
                 f'({self.params_ratio:.1%}), FLOPs {self.flops[0] / 1e9:.2f}G -> '
-                f'{self.flops[1] / 1e9:.2f}G ({self.flops_ratio:.1%})')
+                f'{self.flops[1] / 1e9:.2f}G ({self.flops_ratio:.1%})'
+                + (f', {len(self.removed_blocks)} blocks removed' if self.removed_blocks else ''))
 
 
 def prune(model: Union[nn.Module, str, Any], pruning_ratio: float = 0.5,
@@ -125,7 +129,8 @@ def prune(model: Union[nn.Module, str, Any], pruning_ratio: float = 0.5,
         raise
     params1 = sum(p.numel() for p in model.parameters())
     result = PruneResult(model, diff(job.before, model), (params0, params1), (flops0, flops1),
-                         output_layers, job.recorded, counted)
+                         output_layers, job.recorded, counted,
+                         list(job.recorded.get('removed_blocks', [])))
     print_log(f'[mmprune] {result.summary()}; kept output layers: {output_layers}',
               logger='current', level=logging.INFO)
     return result
@@ -156,6 +161,10 @@ class _Prune:
         params, pruned FLOPs, the forward counted)``."""
         model, cfg, opts = self.model, self.cfg, self.options
         h, w = self.recorded['input_shape']
+        dense = None
+        if opts.remove_blocks is not None:
+            dense = self._remove_blocks()
+            restore = restore_point(model)  # trials restore to the model without the blocks
         with tracing_state(model), follow_input_channels(model):
             _log(f'tracing {type(model).__name__} (example input {h}x{w}) and building the '
                  f'dependency graph')
@@ -167,7 +176,7 @@ class _Prune:
             _log(f'{len(output_layers)} output layers kept; counting the FLOPs of the '
                  f'inference forward')
             counter = FlopsCounter(model, self.batch, small, small_record)
-            flops0, params0 = counter.dense, sum(p.numel() for p in model.parameters())
+            flops0, params0 = dense or (counter.dense, sum(p.numel() for p in model.parameters()))
             if opts.allocation == 'latency':
                 _log('timing every layer for allocation=\'latency\'')
             # time per FLOP of what a deployed model runs (a two-stage detector's RoI
@@ -183,6 +192,25 @@ class _Prune:
             for p in model.parameters():
                 p.grad = None
         return output_layers, flops0, params0, flops1, counter.forward.__name__
+
+    def _remove_blocks(self) -> Tuple[int, int]:
+        """Remove the residual blocks ``remove_blocks`` asks for; returns the dense
+        model's (FLOPs, params)."""
+        model, opts = self.model, self.options
+        with tracing_state(model):  # eval mode, as every count
+            flops, params = count_flops_params(model, self.batch)
+        _log(f'finding residual blocks and choosing by the {opts.block_criterion!r} criterion')
+        training = opts.block_criterion == 'loss'
+        batches = self.data if self.data is not None else train_batches(
+            self.cfg, opts.num_batches)
+        batches = [prepared(model, b, training) for b in batches] if batches else [
+            make_batch(model, self.cfg, self.options.input_shape, training=training,
+                       seed=opts.seed + 1 + i) for i in range(opts.num_batches)]
+        blocks, _ = select_blocks(model, opts.remove_blocks, self.batch, batches,
+                                  opts.block_criterion, keep=list(self.ignored))
+        remove_blocks(model, blocks)
+        self.recorded['removed_blocks'] = [b.name for b in blocks]
+        return flops, params
 
     def _trace(self, context: TraceContext):
         """The output layers and the dependency graph, from one forward at the small
@@ -206,13 +234,20 @@ class _Prune:
         opts = self.options
         if opts.target_flops is None:
             return trial(opts.pruning_ratio) if opts.pruning_ratio > 0 or self.ratio_dict \
-                else flops0
-        if opts.target_flops >= 1:  # the dense model is the target: nothing to prune
+                else counter.dense
+        now = counter.dense  # below flops0 when blocks were removed
+        if opts.target_flops >= 1 or now <= flops0 * opts.target_flops * (1 + FLOPS_TOLERANCE):
+            # the dense model (or the one without the removed blocks) meets the target
             self.recorded.update(pruning_ratio=0.0)
-            return flops0
+            if now < flops0 * opts.target_flops * (1 - FLOPS_TOLERANCE):
+                print_log(f'[mmprune] removing the blocks left {now / flops0:.1%} of the '
+                          f'dense FLOPs, below target_flops={opts.target_flops}; no channels '
+                          f'pruned', logger='current', level=logging.WARNING)
+            return now
         self.recorded.update(search_flops(
             trial, restore, self.model, flops0, float(opts.target_flops),
-            opts.max_pruning_ratio, rounded=bool(opts.round_to) and opts.round_to > 1))
+            opts.max_pruning_ratio, rounded=bool(opts.round_to) and opts.round_to > 1,
+            start=now / flops0))
         return counter.count(self.model)
 
 

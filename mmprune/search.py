@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Optional
 import torch.nn as nn
 from mmengine.logging import print_log
 
+from .depth import put_back, skipped_blocks
 from .structure import apply_structure, snapshot, structure_between
 
 #: relative tolerance on ``target_flops``
@@ -19,11 +20,16 @@ FLOPS_TOLERANCE = 0.02
 
 
 def restore_point(model: nn.Module) -> Callable[[], None]:
-    """A function that puts ``model`` back as it is now: structure, weights, no grads."""
+    """A function that puts ``model`` back as it is now: structure, removed blocks,
+    weights, no grads."""
     before = snapshot(model)
+    modules = dict(model.named_modules())
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def restore() -> None:
+        # blocks removed since go back first (the modules themselves: removal keeps them)
+        put_back(model, {n: modules[n] for n in skipped_blocks(model)
+                         if n not in before['removed'] and n in modules})
         apply_structure(model, structure_between(snapshot(model), before), check_edits=False)
         model.load_state_dict(state)
         for p in model.parameters():
@@ -77,18 +83,21 @@ def bracket(run: Callable[[float], int], restore: Callable[[], None], dense: int
 
 def search_flops(run: Callable[..., int], restore: Callable[[], None], model: nn.Module,
                   dense: int, target: float, max_ratio: float,
-                  rounded: bool = True) -> Dict[str, Any]:
+                  rounded: bool = True, start: float = 1.0) -> Dict[str, Any]:
     """Prune ``model`` to ``target`` of the dense FLOPs, within :data:`FLOPS_TOLERANCE`.
 
     A uniform ratio moves FLOPs in steps when layers are narrow, so when no
     ratio lands within the tolerance, the model is pruned at the largest ratio
     above the target and the rest is removed by a small global-ranking step
     (with exact channel counts when rounded ones cannot land within it).
+    ``start`` is the FLOPs fraction of the model before this prune (below 1 when blocks
+    were removed first).
     """
     cap = min(max_ratio, 0.99)
+    guess = 1 - math.sqrt(target / start)
     # a uniform ratio within 3x the tolerance above the target is left to the refinement
-    ratio, frac, met, pruned = bracket(run, restore, dense, target, cap,
-                                        1 - math.sqrt(target), near=3 * FLOPS_TOLERANCE)
+    ratio, frac, met, pruned = bracket(run, restore, dense, target, cap, guess, start,
+                                        near=3 * FLOPS_TOLERANCE)
     exact_counts: Dict[str, Any] = {}
     if ratio >= cap and rounded:
         # rounded counts keep at least round_to channels per layer, a floor under the
@@ -104,8 +113,8 @@ def search_flops(run: Callable[..., int], restore: Callable[[], None], model: nn
         def run(ratio: float, refine: bool = False, exact: bool = False) -> int:
             return base_run(ratio, refine=refine, exact=True)
 
-        ratio, frac, met, pruned = bracket(run, restore, dense, target, cap,
-                                            1 - math.sqrt(target), near=3 * FLOPS_TOLERANCE)
+        ratio, frac, met, pruned = bracket(run, restore, dense, target, cap, guess, start,
+                                            near=3 * FLOPS_TOLERANCE)
     if met:
         return dict(pruning_ratio=ratio, **exact_counts)
     if ratio >= cap:

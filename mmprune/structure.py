@@ -9,6 +9,13 @@ that changed (``out_channels``, ``num_features``, ``normalized_shape``,
                 'backbone.layer1.0.bn1': {'num_features': 32}, ...},
      'shapes': {'backbone.layer1.0.conv1.weight': [32, 64, 1, 1], ...}}
 
+A prune that removes whole residual blocks (:mod:`mmprune.depth`) adds them, each with
+the argument its skip path returns, and the structure is then version 2 (mmprune
+versions that do not know removed blocks refuse it instead of ignoring them)::
+
+    {'version': 2, 'removed': {'backbone.layer3.4': {'input': 'x', 'position': 0,
+                                                     'block': 'Bottleneck'}}, ...}
+
 It is plain JSON-able data, so it lives in a config file and in a checkpoint's
 ``meta``. Applying it to a freshly built host model resizes those tensors and
 attributes (no tracing needed), after which the pruned weights load with the
@@ -26,6 +33,9 @@ import torch
 import torch.nn as nn
 
 STRUCTURE_VERSION = 1
+#: a structure with removed blocks
+DEPTH_VERSION = 2
+VERSIONS = (STRUCTURE_VERSION, DEPTH_VERSION)
 #: not structure: the train/eval mode, and activations' ``inplace``, which tracing turns off
 #: for a while (:func:`mmprune.tracing.tracing_state`; a restore between target_flops trials
 #: must not turn it back on)
@@ -50,10 +60,13 @@ def _attrs(module: nn.Module) -> Dict[str, Any]:
 
 
 def snapshot(model: nn.Module) -> Dict[str, Any]:
-    """Attributes of every module and shapes of every tensor, for a later :func:`diff`."""
+    """Attributes of every module, shapes of every tensor and the removed blocks, for a
+    later :func:`diff`."""
+    from .depth import skipped_blocks
     return dict(
         layers={name: _attrs(m) for name, m in model.named_modules(remove_duplicate=False)},
-        shapes={name: list(t.shape) for name, t in model.state_dict(keep_vars=True).items()})
+        shapes={name: list(t.shape) for name, t in model.state_dict(keep_vars=True).items()},
+        removed=skipped_blocks(model))
 
 
 def diff(before: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
@@ -72,11 +85,27 @@ def structure_between(before: Dict[str, Any], after: Dict[str, Any]) -> Dict[str
             layers[name] = changed
     shapes = {name: shape for name, shape in after['shapes'].items()
               if before['shapes'].get(name) != shape}
-    return dict(version=STRUCTURE_VERSION, layers=layers, shapes=shapes)
+    removed = {name: dict(spec) for name, spec in after.get('removed', {}).items()
+               if name not in before.get('removed', {})}
+    return _versioned(dict(layers=layers, shapes=shapes, removed=removed))
+
+
+def _versioned(structure: Dict[str, Any]) -> Dict[str, Any]:
+    """Version 1 without removed blocks (channel structures hash as before), else 2."""
+    if not structure.get('removed'):
+        structure.pop('removed', None)
+        return dict(version=STRUCTURE_VERSION, **structure)
+    return dict(version=DEPTH_VERSION, **structure)
 
 
 def is_empty(structure: Dict[str, Any]) -> bool:
-    return not structure.get('layers') and not structure.get('shapes')
+    return not structure.get('layers') and not structure.get('shapes') \
+        and not structure.get('removed')
+
+
+def removed_blocks(structure: Dict[str, Any]) -> List[str]:
+    """The names of the blocks a structure removes."""
+    return sorted(structure.get('removed', {}))
 
 
 def compose(first: Dict[str, Any], then: Dict[str, Any]) -> Dict[str, Any]:
@@ -86,7 +115,12 @@ def compose(first: Dict[str, Any], then: Dict[str, Any]) -> Dict[str, Any]:
         layers.setdefault(name, {}).update(attrs)
     shapes = dict(first.get('shapes', {}))
     shapes.update(then.get('shapes', {}))
-    return dict(version=then.get('version', first.get('version')), layers=layers, shapes=shapes)
+    removed = {k: dict(v) for k, v in first.get('removed', {}).items()}
+    removed.update({k: dict(v) for k, v in then.get('removed', {}).items()})
+    gone = tuple(f'{n}.' for n in removed)  # layers inside a removed block are no more
+    layers = {k: v for k, v in layers.items() if not k.startswith(gone)}
+    shapes = {k: v for k, v in shapes.items() if not k.startswith(gone)}
+    return _versioned(dict(layers=layers, shapes=shapes, removed=removed))
 
 
 def structure_hash(structure: Dict[str, Any]) -> str:
@@ -105,13 +139,26 @@ def kept_channels(structure: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
 
 
 def _check(model: nn.Module, structure: Dict[str, Any], edits: bool = True) -> None:
-    if not isinstance(structure, dict) or structure.get('version') != STRUCTURE_VERSION:
+    if not isinstance(structure, dict) or structure.get('version') not in VERSIONS:
         raise ValueError(
-            f'Not an mmprune structure (version {STRUCTURE_VERSION} expected): '
+            f'Not an mmprune structure (version {" or ".join(map(str, VERSIONS))} expected): '
             f'{str(structure)[:120]}')
     modules = dict(model.named_modules(remove_duplicate=False))
     tensors = model.state_dict(keep_vars=True)
-    missing: List[str] = [n for n in structure.get('layers', {}) if n not in modules]
+    removed = structure.get('removed', {})
+    if removed and structure['version'] != DEPTH_VERSION:
+        raise ValueError(f'the pruned structure removes blocks but is version '
+                         f'{structure["version"]}, not {DEPTH_VERSION}: was it edited?')
+    for name, spec in removed.items():
+        position = spec.get('position') if isinstance(spec, dict) else None
+        if not (isinstance(spec, dict) and isinstance(spec.get('input'), str)
+                and set(spec) <= {'input', 'position', 'block'}
+                and (position is None or (isinstance(position, int) and position >= 0))):
+            raise ValueError(f'the pruned structure removes block {name!r} with {spec!r}; '
+                             f'expected {{"input": <argument name>, "position": <int or '
+                             f'null>, "block": <class name>}}')
+    missing: List[str] = [n for n in removed if n not in modules or not n]
+    missing += [n for n in structure.get('layers', {}) if n not in modules]
     missing += [n for n in structure.get('shapes', {}) if n not in tensors]
     if missing:
         raise KeyError(
@@ -217,6 +264,7 @@ def apply_structure(model: nn.Module, structure: Dict[str, Any],
     ``check_edits=False`` is for mmprune's own undo of a prune, which grows them.
     """
     _check(model, structure, check_edits)
+    _remove(model, structure.get('removed', {}))
     modules = dict(model.named_modules(remove_duplicate=False))
     for name, attrs in structure.get('layers', {}).items():
         module = modules[name]
@@ -239,6 +287,13 @@ def apply_structure(model: nn.Module, structure: Dict[str, Any],
     return model
 
 
+def _remove(model: nn.Module, removed: Dict[str, Dict[str, Any]]) -> None:
+    """Replace the blocks a structure removes by their skip paths."""
+    from .depth import SkippedBlock, replace_module
+    for name, spec in removed.items():
+        replace_module(model, name, SkippedBlock(**spec))
+
+
 class LoadGuard:
     """``load_state_dict`` pre-hook of a pruned model: refuse weights that do not fit.
 
@@ -259,6 +314,7 @@ class LoadGuard:
     def __init__(self, model: nn.Module, structure: Dict[str, Any],
                  dense_shapes: Dict[str, List[int]]) -> None:
         self.names = set(structure.get('shapes', {}))
+        self.removed = tuple(f'{n}.' for n in structure.get('removed', {}))
         self.dense_shapes = dense_shapes
 
     def __call__(self, module: nn.Module, state_dict: Dict[str, Any], prefix: str,
@@ -267,6 +323,16 @@ class LoadGuard:
         bad = [(n, list(state_dict[prefix + n].shape), list(t.shape)) for n, t in own.items()
                if n in self.names and isinstance(state_dict.get(prefix + n), torch.Tensor)
                and tuple(state_dict[prefix + n].shape) != tuple(own[n].shape)]
+        gone = [k for k in state_dict if k.startswith(prefix) and
+                k[len(prefix):].startswith(self.removed)] if self.removed else []
+        if gone and not bad:
+            source = _loading_file()
+            raise ValueError(
+                f'{f"checkpoint {source}" if source else "the state dict"} does not fit the '
+                f'pruned {type(module).__name__}: it holds {len(gone)} tensor(s) of blocks the '
+                f'pruned structure removed, e.g. {gone[0]}; nothing was loaded. Its blocks are '
+                f'the dense model\'s: a dense checkpoint loads with the dense config (the '
+                f'pruned config\'s _base_), or is pruned with mmprune prune.')
         if not bad:
             return
         source = _loading_file()

@@ -57,7 +57,8 @@ def remap_optimizer(optimizer: torch.optim.Optimizer, before: Dict[str, nn.Param
     """Point ``optimizer`` at ``model``'s new parameters, in place.
 
     The param groups keep their order and hyper-parameters (so param
-    schedulers stay valid). State of a pruned parameter is sliced with the
+    schedulers stay valid); parameters of removed blocks leave their group, with their
+    state. State of a pruned parameter is sliced with the
     same selections as the parameter; state of a parameter whose tensor was
     replaced at the same shape (a restored model) moves over unchanged; state
     that cannot be matched is reset (the optimizer starts that parameter
@@ -65,12 +66,19 @@ def remap_optimizer(optimizer: torch.optim.Optimizer, before: Dict[str, nn.Param
     """
     after = dict(model.named_parameters())
     swap: Dict[int, Tuple[nn.Parameter, nn.Parameter, Optional[Slices]]] = {}
+    gone = {id(p) for n, p in before.items() if n not in after}  # in removed blocks
     for name, old in before.items():
         new = after.get(name)
         if new is not None and new is not old:
             swap[id(old)] = (old, new, plan.get(name))
-    counts = dict(sliced=0, moved=0, reset=0)
+    counts = dict(sliced=0, moved=0, reset=0, removed=0)
     for group in optimizer.param_groups:
+        kept = [p for p in group['params'] if id(p) not in gone]
+        for p in group['params']:
+            if id(p) in gone:
+                optimizer.state.pop(p, None)
+                counts['removed'] += 1
+        group['params'][:] = kept
         for i, p in enumerate(group['params']):
             if id(p) not in swap:
                 continue

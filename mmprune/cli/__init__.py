@@ -69,3 +69,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     """The console script: :func:`run`, then exit status 0 (errors raise or exit non-zero)."""
     run(argv)
     return 0
+
+
+def block_request(values: Optional[List[str]]):
+    """``--remove-blocks``: one count (``4``), one fraction (``0.25``) or block names."""
+    if not values:
+        return None
+    if len(values) == 1:
+        for kind in (int, float):
+            try:
+                return kind(values[0])
+            except ValueError:
+                pass
+    return list(values)
+
+
+def add_block_flags(p: argparse.ArgumentParser) -> None:
+    """The depth-pruning flags shared by ``prune`` and ``train``."""
+    p.add_argument('--remove-blocks', nargs='+', metavar='N|FRACTION|NAME',
+                   help='remove whole residual blocks: a count, a fraction of the removable '
+                        'ones, or block names (see mmprune.depth)')
+    p.add_argument('--block-criterion', choices=('output', 'loss'),
+                   help='choose blocks by the output change (default) or loss increase when '
+                        'skipped')
+

@@ -22,6 +22,7 @@ import mmprune
 from mmprune.apis import (build_model, check_outputs, dataset_meta, dense_parent,
                           is_pruned_config, output_paths)
 from mmprune.checkpoint import atomic_write
+from mmprune.cli import add_block_flags, block_request
 
 
 def parse_args(argv=None):
@@ -46,6 +47,7 @@ def parse_args(argv=None):
                    help='per-layer ratios, e.g. "backbone.layer4.*=0.3"')
     p.add_argument('--input-shape', type=int, nargs=2, metavar=('H', 'W'),
                    help='example input size (default: the config test pipeline)')
+    add_block_flags(p)
     p.add_argument('--overwrite', action='store_true', help='replace existing output files')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config settings, as in the host tools')
@@ -56,10 +58,12 @@ def pruning_options(cfg, args) -> dict:
     opts = dict(cfg.get('pruning') or {})
     for key in ('pruning_ratio', 'importance', 'target_flops', 'global_pruning',
                 'max_pruning_ratio', 'round_to', 'iterative_steps', 'ignored_layers',
-                'allocation'):
+                'allocation', 'block_criterion'):
         value = getattr(args, key)
         if value is not None:
             opts[key] = value
+    if args.remove_blocks:
+        opts['remove_blocks'] = block_request(args.remove_blocks)
     if args.layer_ratio:
         ratios = {}
         for item in args.layer_ratio:
@@ -98,7 +102,8 @@ def main(argv=None) -> dict:
         params_dense=result.params[0], params_pruned=result.params[1],
         flops_dense=result.flops[0], flops_pruned=result.flops[1],
         flops_ratio=round(result.flops_ratio, 4), params_ratio=round(result.params_ratio, 4),
-        output_layers=result.output_layers, structure_hash=mmprune.structure_hash(result.structure),
+        output_layers=result.output_layers, removed_blocks=result.removed_blocks,
+        structure_hash=mmprune.structure_hash(result.structure),
         build_s=round(t1 - t0, 2), prune_s=round(t2 - t1, 2))
     cfg_path, ckpt_path = mmprune.save_pruned(
         model, result.structure, cfg, out_dir, name=name, overwrite=args.overwrite,
@@ -117,6 +122,9 @@ def main(argv=None) -> dict:
           f'{result.params_ratio:>9.1%}')
     print(f'{"FLOPs":10s}{result.flops[0] / 1e9:>13.2f}G{result.flops[1] / 1e9:>13.2f}G'
           f'{result.flops_ratio:>9.1%}   (MACs at {shape}, per image, mmprune.flops)')
+    if result.removed_blocks:
+        print(f'\nremoved blocks ({len(result.removed_blocks)}): '
+              f'{", ".join(result.removed_blocks)}')
     print(f'\npruned in {t2 - t1:.1f}s; kept output layers: {", ".join(result.output_layers)}')
     print(f'config:     {cfg_path}\ncheckpoint: {ckpt_path}')
     return summary

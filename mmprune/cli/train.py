@@ -34,6 +34,7 @@ import os.path as osp
 import mmprune  # registers mmprune types, safe checkpoint loading
 from mmprune.apis import load_config
 from mmprune.checkpoint import atomic_write
+from mmprune.cli import add_block_flags, block_request
 from mmprune.distill import LOSSES
 
 HOOK = 'mmprune.PruningHook'
@@ -57,6 +58,7 @@ def parse_args(argv=None):
     p.add_argument('--round-to', type=int)
     p.add_argument('--allocation', choices=('uniform', 'latency'),
                    help='ratio per group: the same (default) or weighted by measured time per FLOP')
+    add_block_flags(p)
     p.add_argument('--distill', choices=sorted(LOSSES),
                    help='distil the dense model\'s outputs into the pruned one (DistillHook)')
     p.add_argument('--distill-weight', type=float, help='loss weight of --distill (default 3)')
@@ -81,7 +83,8 @@ def hook_cfg(cfg, args) -> None:
     flags = dict(pruning_ratio=args.pruning_ratio, target_flops=args.target_flops,
                  importance=args.importance, begin=args.begin, end=args.end,
                  interval=args.interval, ramp=args.ramp, round_to=args.round_to,
-                 allocation=args.allocation)
+                 allocation=args.allocation, remove_blocks=block_request(args.remove_blocks),
+                 block_criterion=args.block_criterion)
     flags = {k: v for k, v in flags.items() if v is not None}
     if args.by_iter:
         flags['by_epoch'] = False
@@ -90,7 +93,7 @@ def hook_cfg(cfg, args) -> None:
     if not mine:
         if not flags:
             raise SystemExit(f'{args.config} has no {HOOK} in custom_hooks; give pruning flags '
-                             f'(--target-flops or --ratio) to add one')
+                             f'(--target-flops, --ratio or --remove-blocks) to add one')
         mine = [dict(type=HOOK)]
         hooks.append(mine[0])
     if 'pruning_ratio' in flags:

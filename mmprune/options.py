@@ -63,6 +63,12 @@ class PruneOptions:
         remove_blocks: whole residual blocks removed before the channels are pruned
             (:mod:`mmprune.depth`): a count, a fraction in (0, 1) of the removable
             blocks, or a list of block names; None removes none.
+        target_latency: prune until the measured latency is this fraction of the
+            model's before the prune (within 5 %), timed interleaved with a copy of it
+            on the model's device at ``input_shape``
+            (:class:`mmprune.timing.LatencyRatio`); the width is searched after the
+            ``remove_blocks`` go. Excludes ``target_flops``.
+        latency_runs: timed forwards per model and trial of ``target_latency``.
         block_criterion: how blocks are chosen, ``'output'`` (the change of the
             outputs when a block is skipped) or ``'loss'`` (the increase of the loss).
     """
@@ -86,6 +92,8 @@ class PruneOptions:
     trace_side: Optional[int] = 256
     remove_blocks: Union[None, int, float, Sequence[str]] = None
     block_criterion: str = 'output'
+    target_latency: Optional[float] = None
+    latency_runs: int = 10
 
     @classmethod
     def names(cls) -> Tuple[str, ...]:
@@ -104,10 +112,16 @@ class PruneOptions:
         if self.target_flops is not None and not _number(self.target_flops, 0, 1, low_open=True):
             raise ValueError(f'target_flops must be a fraction in (0, 1], but got '
                              f'{self.target_flops!r}')
+        if self.target_latency is not None:
+            if not _number(self.target_latency, 0, 1, low_open=True):
+                raise ValueError(f'target_latency must be a fraction in (0, 1], but got '
+                                 f'{self.target_latency!r}')
+            if self.target_flops is not None:
+                raise ValueError('give target_flops or target_latency, not both')
         if not _number(self.max_pruning_ratio, 0, 1, low_open=True):
             raise ValueError(f'max_pruning_ratio must be in (0, 1], but got '
                              f'{self.max_pruning_ratio!r}')
-        for name in ('iterative_steps', 'num_batches'):
+        for name in ('iterative_steps', 'num_batches', 'latency_runs'):
             if not _int(getattr(self, name), 1):
                 raise ValueError(f'{name} must be a positive int, but got {getattr(self, name)!r}')
         for name in ('round_to', 'blocks_from', 'trace_side'):

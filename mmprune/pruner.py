@@ -15,6 +15,7 @@ model still computes its loss (:mod:`mmprune.loss`). Any failure restores the mo
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -32,8 +33,10 @@ from .importance import (DEFAULT_IMPORTANCE, build_importance, importance_name,
 from .latency import LatencyAllocation, layer_times
 from .loss import accumulate_gradients, check_loss, one_value_norms, train_batches
 from .options import PruneOptions, check_prunable, resolve_layers, top_level
-from .search import FLOPS_TOLERANCE, restore_point, search_flops
+from .search import (FLOPS_TOLERANCE, LATENCY_TOLERANCE, restore_point, search_flops,
+                     search_latency)
 from .structure import diff, snapshot
+from .timing import LatencyRatio
 from .tp_adapter import GroupPruner, build_graph, group_error, torch_pruning_fixes
 from .tracing import (PRUNABLE_ROOTS, TraceContext, attention_heads, attention_projections,
                       find_output_layers, follow_input_channels, make_batch, tensor_forward,
@@ -59,6 +62,8 @@ class PruneResult:
     flops_forward: str = 'inference_forward'
     #: the residual blocks removed (``remove_blocks``), each now its skip path
     removed_blocks: List[str] = field(default_factory=list)
+    #: ms per forward before and after, measured interleaved (``target_latency`` only)
+    latency: Optional[Tuple[float, float]] = None
 
     @property
     def flops_ratio(self) -> float:
@@ -72,7 +77,10 @@ class PruneResult:
         return (f'params {self.params[0] / 1e6:.2f}M -> {self.params[1] / 1e6:.2f}M '
                 f'({self.params_ratio:.1%}), FLOPs {self.flops[0] / 1e9:.2f}G -> '
                 f'{self.flops[1] / 1e9:.2f}G ({self.flops_ratio:.1%})'
-                + (f', {len(self.removed_blocks)} blocks removed' if self.removed_blocks else ''))
+                + (f', {len(self.removed_blocks)} blocks removed' if self.removed_blocks else '')
+                + (f', latency {self.latency[0]:.1f} -> {self.latency[1]:.1f} ms '
+                   f'({self.latency[1] / self.latency[0]:.1%}, measured)' if self.latency
+                   else ''))
 
 
 def prune(model: Union[nn.Module, str, Any], pruning_ratio: float = 0.5,
@@ -130,7 +138,7 @@ def prune(model: Union[nn.Module, str, Any], pruning_ratio: float = 0.5,
     params1 = sum(p.numel() for p in model.parameters())
     result = PruneResult(model, diff(job.before, model), (params0, params1), (flops0, flops1),
                          output_layers, job.recorded, counted,
-                         list(job.recorded.get('removed_blocks', [])))
+                         list(job.recorded.get('removed_blocks', [])), job.latency)
     print_log(f'[mmprune] {result.summary()}; kept output layers: {output_layers}',
               logger='current', level=logging.INFO)
     return result
@@ -155,6 +163,8 @@ class _Prune:
         self.recorded['input_shape'] = list(self.batch['inputs'].shape[-2:])
         self.counts = ChannelCounts.of(options)
         self.before = snapshot(model)
+        self.meter: Optional[LatencyRatio] = None
+        self.latency: Optional[Tuple[float, float]] = None
 
     def attempt(self, context: TraceContext, restore: Callable[[], None]):
         """Trace, count, prune and check; returns ``(output layers, dense FLOPs, dense
@@ -162,6 +172,8 @@ class _Prune:
         model, cfg, opts = self.model, self.cfg, self.options
         h, w = self.recorded['input_shape']
         dense = None
+        if opts.target_latency is not None:  # timed beside a copy of the model as it is
+            self.meter = LatencyRatio(copy.deepcopy(model), self.batch, opts.latency_runs)
         if opts.remove_blocks is not None:
             dense = self._remove_blocks()
             restore = restore_point(model)  # trials restore to the model without the blocks
@@ -186,6 +198,13 @@ class _Prune:
                 if opts.allocation == 'latency' else None
             trial = _Trial(self, small, keep, built, context, counter, latency, flops0)
             flops1 = self._reach(trial, restore, counter, flops0)
+            if self.meter is not None:  # the result's speed, with twice the runs
+                frac = self.meter(model, 2 * opts.latency_runs)
+                self.latency = (self.meter.last['reference'], self.meter.last['model'])
+                self.recorded['latency_ratio'] = round(frac, 4)
+                _log(f'latency {self.latency[0]:.1f} -> {self.latency[1]:.1f} ms ({frac:.1%}),'
+                     f' measured interleaved')
+                self.meter = None  # the copy is no longer needed
             _log('checking that the pruned model still computes its loss')
             check_loss(model, cfg, small, opts.seed,
                        2 if one_value_norms(model, counter.small_dense or counter.full) else 1)
@@ -232,6 +251,8 @@ class _Prune:
     def _reach(self, trial: '_Trial', restore, counter: FlopsCounter, flops0: int) -> int:
         """Prune at ``pruning_ratio``, or search the ratio of ``target_flops``."""
         opts = self.options
+        if opts.target_latency is not None:
+            return self._reach_latency(trial, restore, counter)
         if opts.target_flops is None:
             return trial(opts.pruning_ratio) if opts.pruning_ratio > 0 or self.ratio_dict \
                 else counter.dense
@@ -248,6 +269,20 @@ class _Prune:
             trial, restore, self.model, flops0, float(opts.target_flops),
             opts.max_pruning_ratio, rounded=bool(opts.round_to) and opts.round_to > 1,
             start=now / flops0))
+        return counter.count(self.model)
+
+
+    def _reach_latency(self, trial: '_Trial', restore, counter: FlopsCounter) -> int:
+        """Prune the width until the measured latency is ``target_latency``."""
+        opts, target = self.options, float(self.options.target_latency)
+        now = self.meter(self.model)
+        _log(f'latency {now:.1%} of the model before this prune'
+             + (' (blocks removed)' if self.recorded.get('removed_blocks') else ''))
+        if now <= target * (1 + LATENCY_TOLERANCE):
+            self.recorded.update(pruning_ratio=0.0)
+            return counter.dense
+        self.recorded.update(search_latency(trial, restore, lambda: self.meter(self.model),
+                                            target, opts.max_pruning_ratio, now))
         return counter.count(self.model)
 
 

@@ -17,6 +17,9 @@ from .structure import apply_structure, snapshot, structure_between
 
 #: relative tolerance on ``target_flops``
 FLOPS_TOLERANCE = 0.02
+#: relative tolerance on ``target_latency``: measured times move by a few per cent
+#: between runs on a shared CPU
+LATENCY_TOLERANCE = 0.05
 
 
 def restore_point(model: nn.Module) -> Callable[[], None]:
@@ -39,7 +42,7 @@ def restore_point(model: nn.Module) -> Callable[[], None]:
 
 def bracket(run: Callable[[float], int], restore: Callable[[], None], dense: int,
              target: float, cap: float, guess: float, start: float = 1.0,
-             near: Optional[float] = None):
+             near: Optional[float] = None, tolerance: float = FLOPS_TOLERANCE):
     """Search the ratio whose FLOPs are ``target`` of ``dense``.
 
     ``start`` is the FLOPs fraction at ratio 0 (below 1 when refining a pruned
@@ -57,7 +60,7 @@ def bracket(run: Callable[[float], int], restore: Callable[[], None], dense: int
     ratio = min(max(guess, 1e-3), cap)
     for _ in range(10):
         frac = run(ratio) / dense
-        if abs(frac - target) <= FLOPS_TOLERANCE * target:
+        if abs(frac - target) <= tolerance * target:
             return ratio, frac, True, True
         base, f_base = lo, f_lo
         if frac > target:
@@ -145,3 +148,41 @@ def search_flops(run: Callable[..., int], restore: Callable[[], None], model: nn
                   level=logging.WARNING)
     return dict(pruning_ratio=ratio, global_refine_ratio=extra, **exact_counts,
                 **(dict(refine_round_to=None) if exact and not exact_counts else {}))
+
+
+def search_latency(run: Callable[[float], Any], restore: Callable[[], None],
+                   measure: Callable[[], float], target: float, max_ratio: float,
+                   start: float) -> Dict[str, Any]:
+    """Prune to ``target`` of the reference latency within :data:`LATENCY_TOLERANCE`:
+    each trial prunes at a ratio (``run``) and times the model (``measure``: its latency
+    over the reference's); ``start`` is that fraction before this prune. Time falls
+    slower than FLOPs with the width (memory-bound layers shrink with it, not its
+    square), so the first guess assumes ``(1 - ratio) ** 1.5``. When no ratio lands
+    within the tolerance, the model keeps the largest ratio still above the target.
+    """
+    cap = min(max_ratio, 0.99)
+
+    def timed(ratio: float) -> float:
+        run(ratio)
+        frac = measure()
+        print_log(f'[mmprune] ratio {ratio:.4f}: latency {frac:.1%} of the model before '
+                  f'this prune (target {target:.1%})', logger='current', level=logging.INFO)
+        return frac
+
+    ratio, frac, met, pruned = bracket(timed, restore, 1.0, target, cap,
+                                        1 - (target / start) ** (1 / 1.5), start,
+                                        tolerance=LATENCY_TOLERANCE)
+    if not met:
+        if ratio >= cap:
+            raise ValueError(
+                f'target_latency={target} is unreachable: at the largest allowed ratio '
+                f'{cap:.3f} (max_pruning_ratio={max_ratio}) the latency is still {frac:.1%} '
+                f'of the model before this prune; remove more blocks (remove_blocks), or ask '
+                f'for more latency')
+        if ratio > 0 and not pruned:
+            frac = timed(ratio)
+        print_log(f'[mmprune] target_latency={target} not met within '
+                  f'{LATENCY_TOLERANCE:.0%}: kept ratio {ratio:.4f} at {frac:.1%}',
+                  logger='current', level=logging.WARNING)
+    return dict(pruning_ratio=ratio)
+

@@ -100,3 +100,39 @@ def forward_ms(model: torch.nn.Module, batch: dict, runs: int, device=None,
         ms = median_ms(lambda: forward(model, b), runs, device_sync(device))
     model.to(home)
     return ms
+
+
+class LatencyRatio:
+    """Measured latency of a model relative to a reference copy, timed interleaved.
+
+    ``target_latency`` prunes to a fraction of the latency of the model as it was
+    before the prune: a deep copy of it (``reference``) is timed beside each candidate,
+    run for run (:func:`interleaved_ms`), so that load on the machine and clock drift
+    hit both alike, on the device and at the input size of ``batch``.
+    """
+
+    def __init__(self, reference: torch.nn.Module, batch: dict, runs: int,
+                 forward: Optional[Callable] = None) -> None:
+        if forward is None:
+            from .tracing import inference_forward as forward
+        self.reference, self.batch, self.runs, self.forward = reference, batch, runs, forward
+        device = next(reference.parameters(), torch.empty(0)).device
+        self.sync = device_sync(device)
+        self.last: Dict[str, float] = {}
+
+    def __call__(self, model: torch.nn.Module, runs: Optional[int] = None) -> float:
+        """``model``'s median time over the reference's (both in eval mode, no grad)."""
+        modes = {m: m.training for m in model.modules()}
+        model.eval()
+        self.reference.eval()
+        try:
+            with torch.no_grad():
+                ms = interleaved_ms({
+                    'reference': lambda: self.forward(self.reference, self.batch),
+                    'model': lambda: self.forward(model, self.batch)},
+                    runs or self.runs, self.sync)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+        self.last = ms
+        return ms['model'] / ms['reference']

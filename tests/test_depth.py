@@ -269,3 +269,17 @@ def test_structure_with_removed_blocks_is_checked_before_anything_changes(tmp_pa
     from mmdet.apis import init_detector
     with pytest.raises(ValueError, match='blocks the pruned structure removed'):
         init_detector(cfg_path, dense_path, device='cpu')
+
+
+@pytest.mark.parametrize('flag, count', [(['1'], 1), (['0.4'], 2),
+                                         (['backbone.layer1.1', 'backbone.layer4.1'], 2)])
+def test_prune_command_removes_blocks(flag, count, tmp_path):
+    from mmprune.cli import prune as prune_cli
+    summary = prune_cli.main([tiny('retinanet_r18_tiny'), '--ratio', '0', '--input-shape',
+                              '96', '128', '--out-dir', str(tmp_path), '--remove-blocks', *flag])
+    assert len(summary['removed_blocks']) == count
+    if count == 2 and len(flag) == 2:
+        assert summary['removed_blocks'] == flag
+    model = mmprune.load_pruned(summary['pruned_config'], summary['pruned_checkpoint'])
+    assert sorted(n for n, m in model.named_modules() if isinstance(m, SkippedBlock)) == \
+        sorted(summary['removed_blocks'])

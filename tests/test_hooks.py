@@ -436,3 +436,40 @@ def test_prune_train_ends_with_dense_vs_pruned_table(coco, tmp_path):
     assert re.search(r'Epoch\(train\) +\[3\]\[\d+/\d+\].*loss_distill: \d', log)
     resumed = json.load(open(tmp_path / 'wd' / 'prune_train_summary.json'))
     assert resumed['structure_hash'] == summary['structure_hash']
+
+
+def test_blocks_removed_at_the_hook_steps_leave_optimizer_and_ema_and_resume(coco, tmp_path):
+    """remove_blocks=2 over two steps: one block each; the optimizer drops their parameters
+    (the check hook compares its parameters with the model's every iteration), the EMA copy
+    loses the same blocks, and a run resumed after the first step ends the same."""
+    from mmprune.depth import SkippedBlock
+    opts = dict(o.split('=', 1) for o in _coco_opts(coco)[1:])
+    hook = dict(type='mmprune.PruningHook', by_epoch=False, remove_blocks=2, begin=1, end=4,
+                interval=2)
+    runner = iter_runner(DET_CFG, tmp_path / 'full', opts,
+                         [hook, dict(type='EMAHook', momentum=0.5)], max_iters=6,
+                         checkpoint_interval=2)
+    check = _CheckOptimizer()
+    runner.register_hook(check, priority='LOWEST')
+    runner.train()
+    pruning = next(h for h in runner.hooks if isinstance(h, PruningHook))
+    removed = sorted(pruning.structure['removed'])
+    assert pruning.done == [1, 3] and len(removed) == 2 and check.checked == 6
+    assert len(set(check.params)) == 3  # dense, one block less, two blocks less
+    ema = next(h for h in runner.hooks if type(h).__name__ == 'EMAHook').ema_model
+    for model in (runner.model, ema.module):
+        assert all(isinstance(model.get_submodule(n), SkippedBlock) for n in removed)
+    assert {k: v.shape for k, v in ema.module.state_dict().items()} == \
+        {k: v.shape for k, v in runner.model.state_dict().items()}
+
+    resumed = iter_runner(DET_CFG, tmp_path / 'resumed', opts,
+                          [hook, dict(type='EMAHook', momentum=0.5)], max_iters=6,
+                          checkpoint_interval=2)
+    resumed.cfg.resume = True
+    resumed._resume, resumed._load_from = True, str(tmp_path / 'full' / 'iter_2.pth')
+    resumed.train()
+    again = next(h for h in resumed.hooks if isinstance(h, PruningHook))
+    assert again.done == [1, 3] and sorted(again.structure['removed'])[:1] == removed[:1]
+    assert len(again.structure['removed']) == 2
+    assert all(isinstance(resumed.model.get_submodule(n), SkippedBlock)
+               for n in again.structure['removed'])

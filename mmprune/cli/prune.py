@@ -36,6 +36,11 @@ def parse_args(argv=None):
     p.add_argument('--importance',
                    help='criterion: ' + ', '.join(mmprune.importance.importance_names()))
     p.add_argument('--target-flops', type=float, help='FLOPs to keep, fraction of dense')
+    p.add_argument('--target-latency', type=float,
+                   help='latency to keep, fraction of the model\'s, measured on this machine '
+                        '(interleaved with a copy of it, at --input-shape)')
+    p.add_argument('--latency-runs', type=int, help='timed forwards per trial of '
+                                                    '--target-latency (default 10)')
     p.add_argument('--global-pruning', action='store_true', default=None)
     p.add_argument('--max-pruning-ratio', type=float)
     p.add_argument('--round-to', type=int)
@@ -58,7 +63,7 @@ def pruning_options(cfg, args) -> dict:
     opts = dict(cfg.get('pruning') or {})
     for key in ('pruning_ratio', 'importance', 'target_flops', 'global_pruning',
                 'max_pruning_ratio', 'round_to', 'iterative_steps', 'ignored_layers',
-                'allocation', 'block_criterion'):
+                'allocation', 'block_criterion', 'target_latency', 'latency_runs'):
         value = getattr(args, key)
         if value is not None:
             opts[key] = value
@@ -92,6 +97,9 @@ def main(argv=None) -> dict:
     if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
 
+    if opts.get('target_latency') is not None:
+        from mmprune.timing import steady_malloc
+        steady_malloc()  # as the benchmarks time: freed memory is reused, not faulted in
     t0 = time.perf_counter()
     model, cfg = build_model(cfg, args.checkpoint)
     t1 = time.perf_counter()
@@ -103,6 +111,7 @@ def main(argv=None) -> dict:
         flops_dense=result.flops[0], flops_pruned=result.flops[1],
         flops_ratio=round(result.flops_ratio, 4), params_ratio=round(result.params_ratio, 4),
         output_layers=result.output_layers, removed_blocks=result.removed_blocks,
+        latency_ms=list(result.latency) if result.latency else None,
         structure_hash=mmprune.structure_hash(result.structure),
         build_s=round(t1 - t0, 2), prune_s=round(t2 - t1, 2))
     cfg_path, ckpt_path = mmprune.save_pruned(
@@ -122,6 +131,10 @@ def main(argv=None) -> dict:
           f'{result.params_ratio:>9.1%}')
     print(f'{"FLOPs":10s}{result.flops[0] / 1e9:>13.2f}G{result.flops[1] / 1e9:>13.2f}G'
           f'{result.flops_ratio:>9.1%}   (MACs at {shape}, per image, mmprune.flops)')
+    if result.latency:
+        before, after = result.latency
+        print(f'{"latency":10s}{before:>12.1f}ms{after:>12.1f}ms{after / before:>9.1%}   '
+              f'(measured interleaved, this machine)')
     if result.removed_blocks:
         print(f'\nremoved blocks ({len(result.removed_blocks)}): '
               f'{", ".join(result.removed_blocks)}')

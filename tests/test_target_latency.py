@@ -1,0 +1,61 @@
+"""target_latency: the width searched on measured time (the timer is faked where a test
+checks the search, since timings on a shared CPU are not test material)."""
+import pytest
+
+import mmprune
+from mmprune.flops import count_flops_params
+from mmprune.timing import LatencyRatio
+
+from conftest import tiny
+
+SHAPE = (96, 128)
+
+
+@pytest.fixture
+def flops_as_time(monkeypatch):
+    """The 'latency' of a model is its FLOPs to the power 0.75 (slower to fall than the
+    FLOPs, as measured time is), over the reference's: deterministic."""
+    def fake(self, model, runs=None):
+        ref = count_flops_params(self.reference, self.batch)[0]
+        now = count_flops_params(model, self.batch)[0]
+        self.last = dict(reference=100.0, model=100.0 * (now / ref) ** 0.75)
+        return (now / ref) ** 0.75
+    monkeypatch.setattr(LatencyRatio, '__call__', fake)
+
+
+@pytest.mark.parametrize('blocks', [None, 2])
+def test_the_width_is_searched_until_the_measured_latency_is_the_target(flops_as_time, blocks):
+    model, cfg = mmprune.build_model(tiny('retinanet_r18_tiny'))
+    result = mmprune.prune(model, cfg=cfg, input_shape=SHAPE, target_latency=0.6,
+                           remove_blocks=blocks, round_to=None)
+    assert abs(result.latency[1] / result.latency[0] - 0.6) <= 0.05 * 0.6
+    assert result.options['latency_ratio'] == pytest.approx(result.latency[1] / 100, abs=1e-4)
+    assert 0 < result.options['pruning_ratio'] < 1
+    assert len(result.removed_blocks) == (blocks or 0)
+    assert 'latency 100.0 ->' in result.summary()
+
+
+def test_blocks_alone_may_meet_the_target(flops_as_time):
+    model, cfg = mmprune.build_model(tiny('retinanet_r18_tiny'))
+    result = mmprune.prune(model, cfg=cfg, input_shape=SHAPE, target_latency=0.99,
+                           remove_blocks=['backbone.layer4.1'])
+    assert result.options['pruning_ratio'] == 0.0 and result.structure['layers'] == {}
+    assert result.removed_blocks == ['backbone.layer4.1']
+
+
+def test_a_real_timing_reports_both_latencies():
+    model, cfg = mmprune.build_model(tiny('retinanet_r18_tiny'))
+    result = mmprune.prune(model, cfg=cfg, input_shape=SHAPE, target_latency=0.7,
+                           latency_runs=2)
+    before, after = result.latency
+    assert before > 0 and after > 0 and result.options['latency_ratio'] > 0
+
+
+@pytest.mark.parametrize('options, error', [
+    (dict(target_latency=0.5, target_flops=0.5), 'not both'),
+    (dict(target_latency=1.5), 'target_latency must be a fraction'),
+    (dict(target_latency=0.5, latency_runs=0), 'latency_runs must be a positive int'),
+])
+def test_bad_latency_options(options, error):
+    with pytest.raises(ValueError, match=error):
+        mmprune.PruneOptions(**options)

@@ -100,8 +100,9 @@ class PruningHook(Hook):
         if unknown:
             raise TypeError(f'PruningHook got unknown option(s) {unknown}; '
                             f'known: {sorted(_PRUNE_OPTIONS)}')
-        if pruning_ratio is None and target_flops is None and options.get('remove_blocks'):
-            pruning_ratio = 0.0  # blocks only
+        if pruning_ratio is None and target_flops is None and (
+                options.get('remove_blocks') or options.get('target_latency')):
+            pruning_ratio = 0.0  # blocks only, or the width set by target_latency
         if (pruning_ratio is None) == (target_flops is None) and not options.get(
                 'pruning_ratio_dict'):
             raise ValueError('PruningHook needs exactly one of pruning_ratio and target_flops')
@@ -136,6 +137,9 @@ class PruningHook(Hook):
         self.last_metrics: Dict[str, float] = {}
         #: removable blocks of the dense model (for a ``remove_blocks`` fraction)
         self.block_total: Optional[int] = None
+        #: measured latency over the dense model's: the product of the steps' measured
+        #: ratios (``target_latency``; each step times its model beside the one before)
+        self.latency_fraction = 1.0
         allow_mmengine_types()  # --resume loads the Runner's checkpoints with weights_only=True
 
     # ---- schedule ---------------------------------------------------------------------
@@ -152,7 +156,11 @@ class PruningHook(Hook):
             done = ratio * (self.fraction(k - 1) if k > 0 else 0.0)  # compose to ``ratio``
             return 1 - (1 - ratio * self.fraction(k)) / (1 - done)
 
-        if self.target_flops is not None:
+        if self.options.get('target_latency') is not None:
+            # of the dense latency; each step measures against the model it starts from
+            goal = 1 - (1 - self.options['target_latency']) * self.fraction(k)
+            kwargs['target_latency'] = min(1.0, goal / self.latency_fraction)
+        elif self.target_flops is not None:
             goal = 1 - (1 - self.target_flops) * self.fraction(k)  # of the dense FLOPs
             kwargs['target_flops'] = min(1.0, goal * self.dense['flops'] / self.current['flops'])
         else:
@@ -240,7 +248,8 @@ class PruningHook(Hook):
         checkpoint.setdefault('meta', {})[META_KEY] = dict(
             structure=copy.deepcopy(self.structure), done=list(self.done),
             dense=self.dense, current=self.current, hash=structure_hash(self.structure),
-            flops_counter=FLOPS_COUNTER, block_total=self.block_total)
+            flops_counter=FLOPS_COUNTER, block_total=self.block_total,
+            latency_fraction=self.latency_fraction)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         meta = (checkpoint.get('meta') or {}).get(META_KEY)
@@ -273,6 +282,7 @@ class PruningHook(Hook):
         self.dense = dense or self.dense
         self.current = current or self.current
         self.block_total = meta.get('block_total', self.block_total)
+        self.latency_fraction = meta.get('latency_fraction', self.latency_fraction)
         runner.logger.info(f'[mmprune] pruned structure {structure_hash(structure)} rebuilt '
                            f'from the checkpoint; steps done: {self.done}')
 
@@ -295,7 +305,7 @@ class PruningHook(Hook):
                       if ema is not None else None)
         rank, world = get_dist_info()
         kwargs = self.step_kwargs(k)
-        payload: List[Any] = [None, None, None]
+        payload: List[Any] = [None, None, None, None]
         failure = None
         if rank == 0:  # one rank decides, the others follow
             training = model.training
@@ -303,10 +313,11 @@ class PruningHook(Hook):
                 with track_slices() as slices:
                     result = prune(model, cfg=runner.cfg, input_shape=self.input_shape,
                                    data=list(self.batches) or None, **kwargs)
-                payload = [result.structure, slices_by_name(model, slices), None]
+                payload = [result.structure, slices_by_name(model, slices), None,
+                           result.options.get('latency_ratio')]
             except Exception as e:  # the other ranks must not wait forever
                 failure = e
-                payload = [None, None, f'{type(e).__name__}: {e}']
+                payload = [None, None, f'{type(e).__name__}: {e}', None]
             finally:
                 model.train(training)
         if world > 1:
@@ -320,7 +331,9 @@ class PruningHook(Hook):
                 apply_structure(model, payload[0])
             for t in model.state_dict().values():  # rank 0's values everywhere
                 broadcast(t, src=0)
-        step_structure, plan, _ = payload
+        step_structure, plan, _, latency_ratio = payload
+        if latency_ratio is not None:
+            self.latency_fraction *= latency_ratio
         self.structure = compose(self.structure, step_structure)
         self._after_change(runner, before, plan, step_structure, ema_before)
         agreed = ''
@@ -338,8 +351,10 @@ class PruningHook(Hook):
             f'[mmprune] step {k + 1}/{len(self.points)} at {"epoch" if self.by_epoch else "iter"} '
             f'{point}: params {self.current["params"] / 1e6:.3f}M '
             f'({self.current["params"] / self.dense["params"]:.1%} of dense), FLOPs '
-            f'{self.current["flops"] / 1e9:.4f}G ({ratio:.1%} of dense); structure '
-            f'{structure_hash(self.structure)}{agreed}')
+            f'{self.current["flops"] / 1e9:.4f}G ({ratio:.1%} of dense)'
+            + (f', latency {self.latency_fraction:.1%} of dense (measured)'
+               if self.options.get('target_latency') is not None else '')
+            + f'; structure {structure_hash(self.structure)}{agreed}')
         runner.visualizer.add_scalars(
             {'pruning/flops_ratio': ratio,
              'pruning/params_ratio': self.current['params'] / self.dense['params'],

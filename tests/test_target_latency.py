@@ -59,3 +59,21 @@ def test_a_real_timing_reports_both_latencies():
 def test_bad_latency_options(options, error):
     with pytest.raises(ValueError, match=error):
         mmprune.PruneOptions(**options)
+
+
+def test_the_hook_ramps_the_latency_over_its_steps(flops_as_time, tmp_path):
+    from conftest import make_coco
+    from mmprune.hooks import PruningHook
+    from test_hooks import DET_CFG, _coco_opts, iter_runner
+    make_coco(str(tmp_path / 'coco'), n=4)
+    opts = dict(o.split('=', 1) for o in _coco_opts(str(tmp_path / 'coco'))[1:])
+    runner = iter_runner(DET_CFG, tmp_path / 'run', opts, [dict(
+        type='mmprune.PruningHook', by_epoch=False, target_latency=0.6, round_to=None,
+        remove_blocks=1, begin=0, end=2)], max_iters=3)
+    runner.train()
+    hook = next(h for h in runner.hooks if isinstance(h, PruningHook))
+    assert hook.done == [0, 1] and len(hook.structure['removed']) == 1
+    assert abs(hook.latency_fraction - 0.6) <= 0.05 * 0.6 * 2  # two steps, 5 % each
+    # the fake timer's latency is (FLOPs ratio) ** 0.75: the hook's product agrees
+    flops_ratio = hook.current['flops'] / hook.dense['flops']
+    assert hook.latency_fraction == pytest.approx(flops_ratio ** 0.75, rel=1e-3)

@@ -49,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument('--work-dir', help='where logs and checkpoints go')
     p.add_argument('--ratio', type=float, dest='pruning_ratio', help='final channel ratio')
     p.add_argument('--target-flops', type=float, help='final FLOPs, fraction of dense')
+    p.add_argument('--target-latency', type=float,
+                   help='final latency, fraction of dense, measured where the run trains')
     p.add_argument('--importance', help='criterion (default: the hook\'s, group_l2)')
     p.add_argument('--begin', type=int, help='first pruning epoch / iteration')
     p.add_argument('--end', type=int, help='no pruning step at or after this point')
@@ -84,6 +86,7 @@ def hook_cfg(cfg, args) -> None:
                  importance=args.importance, begin=args.begin, end=args.end,
                  interval=args.interval, ramp=args.ramp, round_to=args.round_to,
                  allocation=args.allocation, remove_blocks=block_request(args.remove_blocks),
+                 target_latency=args.target_latency,
                  block_criterion=args.block_criterion)
     flags = {k: v for k, v in flags.items() if v is not None}
     if args.by_iter:
@@ -96,10 +99,12 @@ def hook_cfg(cfg, args) -> None:
                              f'(--target-flops, --ratio or --remove-blocks) to add one')
         mine = [dict(type=HOOK)]
         hooks.append(mine[0])
-    if 'pruning_ratio' in flags:
-        mine[0].pop('target_flops', None)
-    if 'target_flops' in flags:
-        mine[0].pop('pruning_ratio', None)
+    targets = ('pruning_ratio', 'target_flops', 'target_latency')
+    for given in targets:  # a target flag replaces the config's
+        if given in flags:
+            for other in targets:
+                if other != given:
+                    mine[0].pop(other, None)
     mine[0].update(flags)
     if args.distill:
         hooks = [h for h in hooks if 'DistillHook' not in str(h.get('type', ''))]

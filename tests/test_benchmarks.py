@@ -142,3 +142,18 @@ def test_roi_align_kernels_agree(capsys):
     assert roi_align.main(['--rois', '20', '--channels', '8', '--runs', '1']) == 0
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith('| 8 |')]
     assert rows and all(r.endswith('| 0.0e+00 |') for r in rows)  # same values
+
+
+def test_depth_width_both_rows(tmp_path):
+    import depth
+    out = tmp_path / 'depth.json'
+    assert depth.main(['--models', os.path.join(ROOT, 'configs/tiny/retinanet_r18_tiny.py'),
+                       '--speedups', '1.2', '--shape', '64', '64', '--runs', '1',
+                       '--malloc', 'default', '--out', str(out)]) == 0
+    record = json.loads(out.read_text())
+    rows = record['records'][0]['variants']
+    assert set(rows) == {'1.2x width', '1.2x depth', '1.2x both'}
+    assert rows['1.2x depth']['blocks'] >= 1 and 'pruning_ratio' not in rows['1.2x depth']
+    assert rows['1.2x both']['blocks'] >= 1
+    assert all(0 < r['flops_frac'] <= 1 and r['speedup'] > 0 for r in rows.values())
+    assert '| retinanet_r18_tiny | 1.2x | depth |' in record['table']

@@ -272,7 +272,7 @@ def test_state_follows_the_pruned_channels():
     plan = slices_by_name(model, slices)
     assert plan['0.weight'] == [(0, [0, 2, 3, 5, 7])] and plan['3.weight'] == [(1, [0, 2, 3, 5, 7])]
     counts = remap_optimizer(optimizer, before, model, plan)
-    assert counts == dict(sliced=5, moved=0, reset=0)  # 0.w, 0.b, 1.w, 1.b, 3.w
+    assert counts == dict(sliced=5, moved=0, reset=0, removed=0)  # 0.w, 0.b, 1.w, 1.b, 3.w
     for name, p in model.named_parameters():
         assert optimizer.state[p]['exp_avg'].shape == p.shape
         assert torch.equal(optimizer.state[p]['exp_avg'], apply_slices(moments[name], plan.get(name, [])))

@@ -60,6 +60,13 @@ KINDS = {
                          pool_scales=(1, 2)),
         auxiliary_head=dict(in_channels=32, in_index=1, channels=16)), (64, 64),
         'TransformerEncoderLayer'),
+    'beit': ('mmseg::beit/beit-base_upernet_8xb2-160k_ade20k-640x640.py', dict(
+        pretrained=None, backbone=dict(img_size=(64, 64), embed_dims=32, num_layers=4,
+                                       num_heads=2, out_indices=(0, 1, 2, 3)),
+        neck=dict(embed_dim=32),
+        decode_head=dict(in_channels=[32] * 4, channels=16, pool_scales=(1, 2)),
+        auxiliary_head=dict(in_channels=32, channels=16)), (64, 64),
+        'BEiTTransformerEncoderLayer'),
 }
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import sys
@@ -35,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from speed import MODELS, add_run_options, apply_malloc, write_results  # noqa: E402
+from speed import MODELS, add_run_options, apply_malloc, run_models, write_results  # noqa: E402,E501
 
 MODES = ('width', 'depth', 'both')
 
@@ -162,19 +161,7 @@ def main(argv=None) -> int:
     add_run_options(p, 'depth')
     args = p.parse_args(argv)
     apply_malloc(args)
-    from mmprune.checkpoint import atomic_write
-    records = []
-    for name in args.models:
-        config = MODELS.get(name, name)
-        if name not in MODELS:
-            name = os.path.splitext(os.path.basename(name))[0]
-        t0 = time.time()
-        print(f'{name}:', flush=True)
-        records.append(bench_model(name, config, args))
-        print(f'{name}: {time.time() - t0:.0f} s', flush=True)
-        atomic_write(args.out, lambda f: json.dump(dict(args=vars(args), records=records,
-                                                        partial=True), open(f, 'w'), indent=1),
-                     overwrite=True)
+    records = run_models(args, bench_model)
     write_results(args, table(records), records)
     return 0
 

@@ -306,6 +306,14 @@ def main(argv=None) -> int:
     args.round_tos = [r or None for r in args.round_tos]
     args.round_to = args.round_tos[0]  # the prune-time comparison uses the first
     apply_malloc(args)
+    write_results(args, table(records := run_models(args, bench_model)), records)
+    return 0
+
+
+def run_models(args, bench) -> list:
+    """``bench(name, config, args)`` for each of ``args.models`` (names of :data:`MODELS`
+    or config paths); the records so far are written to ``args.out`` after each, so that
+    a crash later keeps the models done."""
     from mmprune.checkpoint import atomic_write
     records = []
     for name in args.models:
@@ -313,13 +321,13 @@ def main(argv=None) -> int:
         if name not in MODELS:
             name = os.path.splitext(os.path.basename(name))[0]
         t0 = time.time()
-        records.append(bench_model(name, config, args))
+        print(f'{name}:', flush=True)
+        records.append(bench(name, config, args))
         print(f'{name}: {time.time() - t0:.0f} s', flush=True)
         atomic_write(args.out, lambda f: json.dump(dict(args=vars(args), records=records,
                                                         partial=True), open(f, 'w'), indent=1),
-                     overwrite=True)  # a crash later keeps the models done
-    write_results(args, table(records), records)
-    return 0
+                     overwrite=True)
+    return records
 
 
 def add_run_options(parser, out_stem: str) -> None:

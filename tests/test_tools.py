@@ -36,3 +36,22 @@ def test_prune_train_distill_flags(capsys):
     with pytest.raises(SystemExit):
         tool.parse_args(['cfg.py', '--distill-weight', '2'])
     assert '--distill-weight needs --distill' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('flags, hook', [
+    (['--remove-blocks', '3'], dict(target_flops=0.5, remove_blocks=3)),
+    (['--remove-blocks', '0.25', '--block-criterion', 'loss'],
+     dict(target_flops=0.5, remove_blocks=0.25, block_criterion='loss')),
+    (['--remove-blocks', 'backbone.layer3.1', 'backbone.layer3.2', '--target-latency', '0.6'],
+     dict(remove_blocks=['backbone.layer3.1', 'backbone.layer3.2'], target_latency=0.6)),
+    (['--target-latency', '0.5'], dict(target_latency=0.5)),
+])
+def test_prune_train_depth_and_latency_flags(flags, hook):
+    """--target-latency replaces the config's target; --remove-blocks takes a count, a
+    fraction or names; the hook built from the result accepts them."""
+    from mmprune.hooks import PruningHook
+    tool = _prune_tool('train')
+    cfg = Config(dict(custom_hooks=[dict(type='mmprune.PruningHook', target_flops=0.5)]))
+    tool.hook_cfg(cfg, tool.parse_args(['cfg.py', *flags]))
+    assert cfg.custom_hooks[0] == dict(type='mmprune.PruningHook', **hook)
+    PruningHook(**{k: v for k, v in cfg.custom_hooks[0].items() if k != 'type'})

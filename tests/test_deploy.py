@@ -32,11 +32,12 @@ def _spread(config, tmp_path, head='bbox_head.retina_cls'):
     return config, str(tmp_path / 'spread.pth')
 
 
-def _pruned(name, tmp_path, spread_head=None):
+def _pruned(name, tmp_path, spread_head=None, **options):
     """A pruned tiny model saved by mmprune; with ``spread_head``, that layer's weights
     redrawn so that a random detector's scores spread over (0, 1) and it detects."""
     model, cfg = mmprune.build_model(tiny(name))
-    result = mmprune.prune(model, pruning_ratio=0.5, cfg=cfg, input_shape=SHAPE)
+    result = mmprune.prune(model, **{'pruning_ratio': 0.5, **options}, cfg=cfg,
+                           input_shape=SHAPE)
     if spread_head:
         layer = model.get_submodule(spread_head)
         g = torch.Generator().manual_seed(1)
@@ -46,8 +47,9 @@ def _pruned(name, tmp_path, spread_head=None):
     return mmprune.save_pruned(model, result.structure, cfg, str(tmp_path), name='m')
 
 
-def test_pruned_detector_exports_end_to_end_and_matches_pytorch(tmp_path):
-    cfg_path, ckpt = _pruned('retinanet_r18_tiny', tmp_path, 'bbox_head.retina_cls')
+@pytest.mark.parametrize('options', [{}, dict(remove_blocks=2)], ids=['width', 'depth'])
+def test_pruned_detector_exports_end_to_end_and_matches_pytorch(tmp_path, options):
+    cfg_path, ckpt = _pruned('retinanet_r18_tiny', tmp_path, 'bbox_head.retina_cls', **options)
     summary = deploy(cfg_path, ckpt, str(tmp_path / 'deploy'), num_images=2, evaluate=False,
                      latency_runs=1)
     agree = summary['agreement']

@@ -216,12 +216,13 @@ def put_back(model: nn.Module, removed: Dict[str, nn.Module]) -> None:
 
 def _outputs(model: nn.Module, batches: Sequence[Dict[str, Any]], criterion: str,
              forward: Callable) -> List[Any]:
-    from .loss import model_loss
+    from .loss import loss_mode, model_loss
     results = []
     with torch.no_grad():
         for batch in batches:
-            if criterion == 'loss':
-                results.append(float(model_loss(model, batch)))
+            if criterion == 'loss':  # as gradient criteria take it: training outputs,
+                with loss_mode(model):  # running BN statistics, a fixed dropout seed
+                    results.append(float(model_loss(model, batch)))
             else:
                 results.append([t.detach().float() for t in flatten_tensors(
                     forward(model, batch))])

@@ -116,12 +116,6 @@ def _inputs_in_predict(model: nn.Module, batch: Dict[str, Any], wanted: set,
     return inputs
 
 
-def deformable_offset_convs(model: nn.Module) -> set:
-    """``id`` of the offset convs inside mmcv's deformable conv packs."""
-    return {id(m.conv_offset) for m in model.modules()
-            if custom_pruner_of(m) is not None and hasattr(m, 'conv_offset')}
-
-
 def _untraced_layers(model: nn.Module, batch: Dict[str, Any], kept: List[Any],
                      grad_fn_to_module: Dict[Any, nn.Module]) -> None:
     """Layers with weights the traced forward did not reach. Those only the predict
@@ -129,7 +123,8 @@ def _untraced_layers(model: nn.Module, batch: Dict[str, Any], kept: List[Any],
     them keep their channels (their inputs go to ``kept``). The rest is reported."""
     named = dict(model.named_modules())
     traced = set(grad_fn_to_module.values())
-    offsets = deformable_offset_convs(model)
+    offsets = {id(m.conv_offset) for m in model.modules()
+               if custom_pruner_of(m) is not None and hasattr(m, 'conv_offset')}
     types = layer_types()
     untraced = [n for n, m in model.named_modules()
                 if isinstance(m, types) and m not in traced and id(m) not in offsets
@@ -179,12 +174,9 @@ def find_output_layers(model: nn.Module, batch: Dict[str, Any],
     # layers that ran but whose output reaches no output (it feeds a no-grad region, like
     # EMANet's bases update) are used where the graph cannot see: they keep their
     # channels, and so do the layers feeding them
-    # (the offset convs of deformable convs are cut on purpose, see the
-    # deformable_offsets rule: their layer's handler prunes their inputs)
     reachable = _reachable(stack)
-    offsets = deformable_offset_convs(model)
-    for module, (out_fn, in_fns) in ran.items():
-        if out_fn not in reachable and id(module) not in offsets:
+    for out_fn, in_fns in ran.values():
+        if out_fn not in reachable:
             stack += ([out_fn] if out_fn is not None else []) + in_fns
     names = {m: n for n, m in model.named_modules()}
     named = {n: m for m, n in names.items()}

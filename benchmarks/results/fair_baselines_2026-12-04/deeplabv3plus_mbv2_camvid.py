@@ -1,0 +1,3 @@
+_base_ = '../../configs/camvid/deeplabv3plus_mbv2_camvid.py'
+# mmprune's safe-loading allow-list: torch 2.9 refuses mmengine's HistoryBuffer in load_from otherwise
+custom_imports = dict(imports=['mmprune'], allow_failed_imports=False)

@@ -87,7 +87,8 @@ def prune(model: Union[nn.Module, str, Any], pruning_ratio: float = 0.5,
           importance: Union[str, Dict[str, Any]] = DEFAULT_IMPORTANCE, *, cfg: Any = None,
           checkpoint: Optional[str] = None, data: Optional[Iterable[Dict[str, Any]]] = None,
           **options: Any) -> PruneResult:
-    """Prune the channels of an mmdet detector or mmseg segmentor in place.
+    """Prune the channels (and, with ``remove_blocks``, whole residual blocks) of an
+    mmdet detector or mmseg segmentor in place.
 
     Args:
         model: a built host model, or a config (path, ``mmdet::``/``mmseg::``
@@ -101,8 +102,9 @@ def prune(model: Union[nn.Module, str, Any], pruning_ratio: float = 0.5,
         data: batches (as given by a dataloader) for gradient criteria;
             synthetic batches with the model's loss are used when None.
         **options: the other options of :class:`mmprune.options.PruneOptions`
-            (``target_flops``, ``round_to``, ``ignored_layers``, ``pruning_ratio_dict``,
-            ``global_pruning``, ``allocation``, ``input_shape`` ...), each checked
+            (``target_flops``, ``target_latency``, ``remove_blocks``, ``round_to``,
+            ``ignored_layers``, ``pruning_ratio_dict``, ``global_pruning``, ``allocation``,
+            ``input_shape`` ...), each checked
             before anything is built.
 
     Returns:

@@ -222,8 +222,11 @@ class _Prune:
             flops, params = count_flops_params(model, self.batch)
         _log(f'finding residual blocks and choosing by the {opts.block_criterion!r} criterion')
         training = opts.block_criterion == 'loss'
-        batches = self.data if self.data is not None else train_batches(
-            self.cfg, opts.num_batches)
+        if isinstance(opts.remove_blocks, list):  # named: nothing to score, one check run
+            batches = [self.batch]
+        else:
+            batches = self.data if self.data is not None else train_batches(
+                self.cfg, opts.num_batches)
         batches = [prepared(model, b, training) for b in batches] if batches else [
             make_batch(model, self.cfg, self.options.input_shape, training=training,
                        seed=opts.seed + 1 + i) for i in range(opts.num_batches)]
@@ -272,7 +275,6 @@ class _Prune:
             opts.max_pruning_ratio, rounded=bool(opts.round_to) and opts.round_to > 1,
             start=now / flops0))
         return counter.count(self.model)
-
 
     def _reach_latency(self, trial: '_Trial', restore, counter: FlopsCounter) -> int:
         """Prune the width until the measured latency is ``target_latency``."""

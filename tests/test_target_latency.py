@@ -77,3 +77,28 @@ def test_the_hook_ramps_the_latency_over_its_steps(flops_as_time, tmp_path):
     # the fake timer's latency is (FLOPs ratio) ** 0.75: the hook's product agrees
     flops_ratio = hook.current['flops'] / hook.dense['flops']
     assert hook.latency_fraction == pytest.approx(flops_ratio ** 0.75, rel=1e-3)
+
+
+def test_the_candidate_is_timed_with_its_in_place_activations():
+    """The search times the model inside tracing_state, which makes activations
+    out-of-place (slower); the timer puts them back for the timed forwards only."""
+    import copy
+
+    import torch
+
+    from mmprune.tracing import tracing_state
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(inplace=True))
+    seen = []
+
+    def forward(m, batch):
+        seen.append(m[1].inplace)
+        return m(batch['inputs'])
+
+    meter = LatencyRatio(copy.deepcopy(model), dict(inputs=torch.randn(1, 3, 8, 8)), 1,
+                         forward=forward)
+    with tracing_state(model):
+        assert model[1].inplace is False
+        meter(model)
+        assert model[1].inplace is False  # as tracing_state left it
+    assert model[1].inplace is True
+    assert seen and all(seen)

@@ -86,7 +86,10 @@ class PruningHook(Hook):
         **options: further options of :class:`mmprune.options.PruneOptions`
             (``global_pruning``, ``pruning_ratio_dict``, ``max_pruning_ratio``,
             ``round_to``, ``ignored_layers``, ``iterative_steps``, ``allocation``,
-            ``seed``, ``fast_counts``, ``blocks_from``, ``trace_side`` ...).
+            ``seed``, ``fast_counts``, ``blocks_from``, ``trace_side`` ...), and
+            ``remove_blocks`` (spread over the steps like the width) and
+            ``target_latency`` (a fraction of the dense model's latency, measured at
+            each step; it replaces ``pruning_ratio`` / ``target_flops``).
     """
 
     priority = 'VERY_HIGH'  # its after_load_checkpoint must resize the model before EMAHook's

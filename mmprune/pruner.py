@@ -227,7 +227,9 @@ class _Prune:
         else:
             batches = self.data if self.data is not None else train_batches(
                 self.cfg, opts.num_batches)
-        batches = [prepared(model, b, training) for b in batches] if batches else [
+        # batches of the train dataloader go through the preprocessor as in training (an
+        # mmseg one pads crops smaller than its size only then, and refuses them otherwise)
+        batches = [prepared(model, b, True) for b in batches] if batches else [
             make_batch(model, self.cfg, self.options.input_shape, training=training,
                        seed=opts.seed + 1 + i) for i in range(opts.num_batches)]
         blocks, _ = select_blocks(model, opts.remove_blocks, self.batch, batches,

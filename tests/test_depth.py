@@ -290,3 +290,20 @@ def test_prune_command_removes_blocks(flag, count, tmp_path):
     model = mmprune.load_pruned(summary['pruned_config'], summary['pruned_checkpoint'])
     assert sorted(n for n, m in model.named_modules() if isinstance(m, SkippedBlock)) == \
         sorted(summary['removed_blocks'])
+
+
+def test_blocks_are_scored_on_training_batches_of_unequal_image_sizes():
+    """The run's own batches (PruningHook passes them) hold random crops of unequal sizes,
+    which an mmseg preprocessor pads in training mode only."""
+    from mmseg.structures import SegDataSample
+    from mmengine.structures import PixelData
+    model, cfg, shape = build('inverted_residual')
+    batch = dict(inputs=[], data_samples=[])
+    for h, w in ((64, 64), (48, 56)):
+        batch['inputs'].append(torch.randint(0, 255, (3, h, w), dtype=torch.uint8))
+        sample = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 11, (1, h, w)))
+        batch['data_samples'].append(sample)
+    result = mmprune.prune(model, cfg=cfg, input_shape=shape, pruning_ratio=0.0,
+                           remove_blocks=1, data=[batch])
+    assert len(result.removed_blocks) == 1

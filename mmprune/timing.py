@@ -59,13 +59,16 @@ def interleaved_ms(fns: Dict[str, Callable], runs: int, sync: Optional[Callable]
     return {n: statistics.median(v) for n, v in interleaved_runs(fns, runs, sync).items()}
 
 
-def interleaved_runs(fns: Dict[str, Callable], runs: int,
-                     sync: Optional[Callable] = None) -> Dict[str, List[float]]:
+def interleaved_runs(fns: Dict[str, Callable], runs: int, sync: Optional[Callable] = None,
+                     min_seconds: float = 0.0, max_runs: int = 200) -> Dict[str, List[float]]:
     """The ms of every timed run of each callable, run k of each in round k (see
-    :func:`interleaved_ms`): entry k of two lists were timed side by side."""
+    :func:`interleaved_ms`): entry k of two lists were timed side by side. Rounds go on
+    past ``runs`` until the timed ones took ``min_seconds`` (at most ``max_runs``), as
+    ``torch.utils.benchmark``'s ``blocked_autorange`` does: fast models get more runs."""
     names = list(fns)
     times: Dict[str, List[float]] = {n: [] for n in names}
-    for i in range(runs + 2):
+    i, spent = 0, 0.0
+    while i < runs + 2 or (spent < min_seconds * 1000 and i < max_runs + 2):
         order = names[i % len(names):] + names[:i % len(names)]
         for n in order:
             if sync:
@@ -76,6 +79,8 @@ def interleaved_runs(fns: Dict[str, Callable], runs: int,
                 sync()
             if i >= 2:
                 times[n].append((time.perf_counter() - t0) * 1000)
+                spent += times[n][-1]
+        i += 1
     return times
 
 
@@ -130,7 +135,14 @@ class LatencyRatio:
     2-core CPU ten rounds of a MobileNetV2 RetinaNet (288x384) against its own copy
     spread 1.6 % (standard deviation over ten repeats) this way and 4.5 % the other.
     Creating one calls :func:`steady_malloc`, as every latency mmprune reports does.
+
+    Each measurement runs at least ``runs`` rounds and at least :attr:`min_seconds` of
+    timed forwards: a fast model gets more rounds, whose spread matters more near the
+    time no pruning removes (the post-processing of a small detector).
     """
+
+    #: seconds of timed forwards (both models) a measurement lasts at least
+    min_seconds = 2.0
 
     def __init__(self, reference: torch.nn.Module, batch: dict, runs: int,
                  forward: Optional[Callable] = None) -> None:
@@ -159,7 +171,8 @@ class LatencyRatio:
                 times = interleaved_runs({
                     'reference': lambda: self.forward(self.reference, self.batch),
                     'model': lambda: self.forward(model, self.batch)},
-                    runs or self.runs, self.sync)
+                    runs or self.runs, self.sync,
+                    self.min_seconds * (runs or self.runs) / self.runs)
         finally:
             for m, mode in modes.items():
                 m.training = mode

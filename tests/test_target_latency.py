@@ -1,5 +1,7 @@
 """target_latency: the width searched on measured time (the timer is faked where a test
 checks the search, since timings on a shared CPU are not test material)."""
+import time
+
 import pytest
 
 import mmprune
@@ -43,7 +45,8 @@ def test_blocks_alone_may_meet_the_target(flops_as_time):
     assert result.removed_blocks == ['backbone.layer4.1']
 
 
-def test_a_real_timing_reports_both_latencies():
+def test_a_real_timing_reports_both_latencies(monkeypatch):
+    monkeypatch.setattr(LatencyRatio, 'min_seconds', 0.0)  # latency_runs alone
     model, cfg = mmprune.build_model(tiny('retinanet_r18_tiny'))
     result = mmprune.prune(model, cfg=cfg, input_shape=SHAPE, target_latency=0.7,
                            latency_runs=2)
@@ -102,3 +105,14 @@ def test_the_candidate_is_timed_with_its_in_place_activations():
         assert model[1].inplace is False  # as tracing_state left it
     assert model[1].inplace is True
     assert seen and all(seen)
+
+
+def test_a_measurement_lasts_its_runs_and_its_minimum_time():
+    from mmprune.timing import interleaved_runs
+    calls = []
+    fns = dict(a=lambda: calls.append('a'), b=lambda: calls.append('b'))
+    assert [len(v) for v in interleaved_runs(fns, 3).values()] == [3, 3]
+    slow = dict(a=lambda: time.sleep(0.002), b=lambda: time.sleep(0.002))
+    times = interleaved_runs(slow, 3, min_seconds=0.1)
+    assert len(times['a']) > 3 and sum(times['a']) + sum(times['b']) >= 100
+    assert len(interleaved_runs(slow, 3, min_seconds=100, max_runs=5)['a']) == 5

@@ -68,7 +68,8 @@ class PruneOptions:
             on the model's device at ``input_shape``
             (:class:`mmprune.timing.LatencyRatio`); the width is searched after the
             ``remove_blocks`` go. Excludes ``target_flops``.
-        latency_runs: timed forwards per model and trial of ``target_latency``.
+        latency_runs: timed forwards per model and trial of ``target_latency``, at
+            least: a measurement also lasts ``LatencyRatio.min_seconds`` (2 s).
         block_criterion: how blocks are chosen, ``'output'`` (the change of the
             outputs when a block is skipped) or ``'loss'`` (the increase of the loss).
     """

@@ -116,3 +116,21 @@ def test_a_measurement_lasts_its_runs_and_its_minimum_time():
     times = interleaved_runs(slow, 3, min_seconds=0.1)
     assert len(times['a']) > 3 and sum(times['a']) + sum(times['b']) >= 100
     assert len(interleaved_runs(slow, 3, min_seconds=100, max_runs=5)['a']) == 5
+
+
+def test_the_ratio_ignores_rounds_slowed_by_other_work():
+    """Bursts of other work slow one model of a round or the other; the quieter half of
+    the rounds carries the ratio (0.6 here) whichever model they hit."""
+    import statistics
+
+    from mmprune.timing import quiet_rounds
+    model = [60.0] * 20
+    reference = [100.0] * 20
+    for k in range(11):  # a burst over 11 of 20 rounds, hitting the candidate
+        model[k] += 80 + k
+    for k in (11, 12):  # and two hitting the reference
+        reference[k] += 50
+    assert statistics.median(m / r for m, r in zip(model, reference)) != 0.6
+    quiet = quiet_rounds(model, reference)
+    assert len(quiet) == 10
+    assert statistics.median(m / r for m, r in quiet) == pytest.approx(0.6)

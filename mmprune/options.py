@@ -61,8 +61,8 @@ class PruneOptions:
             depend on the image size; FLOPs are still counted at ``input_shape``);
             None traces at ``input_shape``.
         remove_blocks: whole residual blocks removed before the channels are pruned
-            (:mod:`mmprune.depth`): a count, a fraction in (0, 1) of the removable
-            blocks, or a list of block names; None removes none.
+            (:mod:`mmprune.depth`): a count, a fraction in (0, 1] of the removable
+            blocks (1.0: all), or a list of block names; None removes none.
         target_latency: prune until the measured latency is this fraction of the
             model's before the prune (within 5 %), timed interleaved with a copy of it
             on the model's device at ``input_shape``
@@ -179,7 +179,7 @@ def _block_request(value: Any) -> Union[None, int, float, List[str]]:
         return None
     if _int(value, 1):
         return value
-    if _number(value, 0, 1, low_open=True) and value < 1 and isinstance(value, float):
+    if _number(value, 0, 1, low_open=True) and isinstance(value, float):  # 1.0: all
         return value
     if isinstance(value, str):
         value = [value]
@@ -188,7 +188,7 @@ def _block_request(value: Any) -> Union[None, int, float, List[str]]:
         if len(set(value)) != len(value):
             raise ValueError(f'remove_blocks names a block twice: {list(value)}')
         return list(value)
-    raise ValueError(f'remove_blocks must be a count of blocks, a fraction in (0, 1) of the '
+    raise ValueError(f'remove_blocks must be a count of blocks, a fraction in (0, 1] of the '
                      f'removable ones, or a list of block names, but got {value!r}')
 
 

@@ -247,6 +247,7 @@ def test_a_prune_failing_after_the_blocks_went_puts_them_back():
 def test_bad_remove_blocks_values(value):
     with pytest.raises(ValueError, match='remove_blocks'):
         mmprune.PruneOptions(remove_blocks=value)
+    assert mmprune.PruneOptions(remove_blocks=1.0).remove_blocks == 1.0  # all of them
     with pytest.raises(ValueError, match='block_criterion'):
         mmprune.PruneOptions(remove_blocks=1, block_criterion='gradient')
 

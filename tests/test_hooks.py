@@ -426,6 +426,13 @@ def test_prune_train_ends_with_dense_vs_pruned_table(coco, tmp_path):
     assert abs(pruned['flops'] / base['flops'] - summary['flops_ratio']) < 1e-6
     assert 'coco/bbox_mAP' in pruned['metrics'] and 'coco/bbox_mAP' in base['metrics']
     assert 'pruned' in summary['table'] and 'dense' in summary['table']
+    # benchmarks/runs_speed.py times the run's two models again from its summary
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import runs_speed
+    assert runs_speed.main([str(tmp_path / 'wd'), '--runs', '1', '--malloc', 'default',
+                            '--out', str(tmp_path / 'speed.json')]) == 0
+    row, = json.load(open(tmp_path / 'speed.json'))['records']
+    assert row['speedup'] > 0 and row['flops_ratio'] == summary['flops_ratio']
     # --resume with --checkpoint resumes the run's own last checkpoint (mmengine alone would
     # resume from load_from, the dense weights); the teacher still comes from --checkpoint
     log = _run([sys.executable, os.path.join(ROOT, 'tools', 'prune_train.py'), DET_CFG,

@@ -73,7 +73,7 @@ KINDS = {
 def build(kind: str):
     base, overrides, shape, _ = KINDS[kind]
     cfg = load_config(base)
-    cfg.merge_from_dict(dict(model=overrides))
+    cfg.merge_from_dict(dict(model=copy.deepcopy(overrides)))  # merging pops _delete_
     if 'data_preprocessor' in cfg:  # mmseg pads to its crop size
         cfg.data_preprocessor['size'] = shape
     if isinstance(cfg.model.get('data_preprocessor'), dict) \

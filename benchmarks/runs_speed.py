@@ -33,7 +33,8 @@ def read_run(work_dir: str) -> dict:
     if not {'pruned', 'dense'} <= set(entries):
         raise SystemExit(f'{work_dir}: its summary has no pruned/dense comparison (was the '
                          f'run started with --no-compare?)')
-    metric = next(iter(summary.get('metrics') or {'-': None}))
+    metrics = summary.get('metrics') or {'-': None}
+    metric = next((k for k in metrics if k.endswith(('mAP', 'mIoU'))), next(iter(metrics)))
     return dict(work_dir=work_dir, pruned=entries['pruned'], dense=entries['dense'],
                 flops_ratio=summary['flops_ratio'], params_ratio=summary['params_ratio'],
                 metric=metric, value=(summary.get('metrics') or {}).get(metric))
@@ -79,7 +80,8 @@ def main(argv=None) -> int:
     groups: dict = {}
     for run in runs:
         d = run['dense']
-        groups.setdefault((d['config'], d['checkpoint'], tuple(d['input_shape'])),
+        # each run writes its own copy of the dense config: one parent is one checkpoint
+        groups.setdefault((os.path.abspath(d['checkpoint']), tuple(d['input_shape'])),
                           []).append(run)
     for group in groups.values():
         ms = time_group(group[0]['dense'], group, args.runs)

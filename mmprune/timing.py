@@ -171,7 +171,9 @@ class LatencyRatio:
                         if getattr(m, 'inplace', None) is True]
 
     def __call__(self, model: torch.nn.Module, runs: Optional[int] = None) -> float:
-        """``model``'s median time over the reference's (both in eval mode, no grad)."""
+        """``model``'s time over the reference's: the median per-round ratio of the
+        quieter half of the rounds (both in eval mode, no grad); :attr:`last` holds the
+        two models' median ms over those rounds."""
         modes = {m: m.training for m in model.modules()}
         named = dict(model.named_modules())
         flipped = [named[n] for n in self.inplace

@@ -2,7 +2,8 @@
 
     python benchmarks/depth.py [--models retinanet_r50 ...] [--speedups 1.5 2]
                                [--modes width depth both] [--shape 512 512] [--runs 6]
-                               [--malloc steady|default] [--out benchmarks/results/depth_DATE.json]
+                               [--device cpu|cuda] [--malloc steady|default]
+                               [--out benchmarks/results/depth_DATE.json]
 
 For each model (the six of ``benchmarks/speed.py``; random init, with every norm's
 weight drawn from U(0.5, 1.5) so that residual branches initialised to zero do some
@@ -16,8 +17,10 @@ work and the block criterion has something to rank) and each speed-up ``s``:
   ``prune(remove_blocks=those, target_latency=1/s)`` for the width.
 
 Every variant of a model is then timed in one final interleaved round beside the dense
-model (``--runs`` each, medians), in PyTorch eager on this CPU, on the inference forward
-(:func:`mmprune.tracing.inference_forward`). Efficiency = speed-up x FLOPs fraction (1.0:
+model (``--runs`` each, medians), in PyTorch eager on ``--device`` (the CPU by default;
+with ``cuda`` the searches time on the GPU too), on the inference forward
+(:func:`mmprune.tracing.inference_forward`). ``search`` in the records is what the search
+itself last measured, to compare with the final timing (how closely a target lands). Efficiency = speed-up x FLOPs fraction (1.0:
 every FLOP saved became time saved; above 1: more time saved than FLOPs, as removing a
 block's memory-bound work does).
 """
@@ -39,7 +42,7 @@ from speed import MODELS, add_run_options, apply_malloc, run_models, write_resul
 MODES = ('width', 'depth', 'both')
 
 
-def build(config: str, shape, seed: int = 0):
+def build(config: str, shape, seed: int = 0, device: str = 'cpu'):
     import torch
 
     import mmprune
@@ -51,7 +54,7 @@ def build(config: str, shape, seed: int = 0):
             if isinstance(m, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm,
                               torch.nn.LayerNorm)) and getattr(m, 'weight', None) is not None:
                 m.weight.uniform_(0.5, 1.5)
-    model.eval()
+    model.to(device).eval()  # the batch follows the data preprocessor to the device
     return model, cfg, make_batch(model, cfg, shape)
 
 
@@ -78,10 +81,10 @@ def depth_until(model, cfg, batch, target: float, runs: int):
 def bench_model(name: str, config: str, args) -> dict:
     import mmprune
     from mmprune.flops import count_flops_params
-    from mmprune.timing import interleaved_ms
+    from mmprune.timing import device_sync, interleaved_ms
     from mmprune.tracing import inference_forward
     import torch
-    dense, cfg, batch = build(config, args.shape)
+    dense, cfg, batch = build(config, args.shape, device=args.device)
     flops0, params0 = count_flops_params(dense, batch)
     variants, info = {}, {}
     for s in args.speedups:
@@ -95,7 +98,8 @@ def bench_model(name: str, config: str, args) -> dict:
                 if mode == 'width':
                     r = mmprune.prune(model, cfg=cfg, input_shape=args.shape,
                                       target_latency=target, latency_runs=args.runs)
-                    detail = dict(pruning_ratio=r.options['pruning_ratio'])
+                    detail = dict(pruning_ratio=r.options['pruning_ratio'],
+                                  search_latency=r.options.get('latency_ratio'))
                 elif mode == 'depth':
                     depth_blocks, frac = depth_until(model, cfg, batch, target, args.runs)
                     detail = dict(blocks=len(depth_blocks), search_latency=round(frac, 4))
@@ -108,7 +112,8 @@ def bench_model(name: str, config: str, args) -> dict:
                     r = mmprune.prune(model, cfg=cfg, input_shape=args.shape,
                                       remove_blocks=half, target_latency=target,
                                       latency_runs=args.runs)
-                    detail = dict(blocks=len(half), pruning_ratio=r.options['pruning_ratio'])
+                    detail = dict(blocks=len(half), pruning_ratio=r.options['pruning_ratio'],
+                                  search_latency=r.options.get('latency_ratio'))
             except Exception as e:  # a row says why, the others go on
                 info[key] = dict(error=f'{type(e).__name__}: {str(e)[:300]}')
                 print(f'  {key}: {info[key]["error"]}', flush=True)
@@ -121,7 +126,7 @@ def bench_model(name: str, config: str, args) -> dict:
     fns = {'dense': lambda: inference_forward(dense, batch)}
     fns.update({k: (lambda m=m: inference_forward(m, batch)) for k, m in variants.items()})
     with torch.no_grad():
-        ms = interleaved_ms(fns, args.runs)
+        ms = interleaved_ms(fns, args.runs, device_sync(args.device))
     for key in variants:
         row = info[key]
         row.update(ms=round(ms[key], 1), speedup=round(ms['dense'] / ms[key], 3),
@@ -133,19 +138,21 @@ def bench_model(name: str, config: str, args) -> dict:
 
 
 def table(records: list) -> str:
-    lines = ['| model | asked | mode | blocks | width ratio | speed-up | FLOPs | params | '
-             'efficiency |', '|---|---|---|---|---|---|---|---|---|']
+    lines = ['| model | asked | mode | blocks | width ratio | latency: search / re-timed | '
+             'speed-up | FLOPs | params | efficiency |', '|---|---|---|---|---|---|---|---|---|---|']
     for rec in records:
         for key, row in rec['variants'].items():
             asked, mode = key.split(' ')
             if 'error' in row:
                 lines.append(f'| {rec["name"]} | {asked} | {mode} | {row["error"][:80]} '
-                             f'| | | | | |')
+                             f'| | | | | | |')
                 continue
-            ratio = row.get('pruning_ratio')
+            ratio, read = row.get('pruning_ratio'), row.get('search_latency')
             lines.append(
                 f'| {rec["name"]} | {asked} | {mode} | {row.get("blocks", 0)} | '
-                f'{"-" if ratio is None else f"{ratio:.3f}"} | {row["speedup"]:.2f}x | '
+                f'{"-" if ratio is None else f"{ratio:.3f}"} | '
+                f'{"-" if read is None else f"{read:.1%}"} / {1 / row["speedup"]:.1%} | '
+                f'{row["speedup"]:.2f}x | '
                 f'{row["flops_frac"]:.1%} | {row["params_frac"]:.1%} | {row["efficiency"]:.2f} |')
     return '\n'.join(lines)
 
@@ -158,6 +165,8 @@ def main(argv=None) -> int:
     p.add_argument('--modes', nargs='+', choices=MODES, default=list(MODES))
     p.add_argument('--shape', type=int, nargs=2, default=(512, 512))
     p.add_argument('--runs', type=int, default=6)
+    p.add_argument('--device', default='cpu',
+                   help='where the models run, are pruned and timed (cpu, cuda, cuda:1)')
     add_run_options(p, 'depth')
     args = p.parse_args(argv)
     apply_malloc(args)

@@ -288,7 +288,8 @@ class _Prune:
             self.recorded.update(pruning_ratio=0.0)
             return counter.dense
         self.recorded.update(search_latency(trial, restore, lambda: self.meter(self.model),
-                                            target, opts.max_pruning_ratio, now))
+                                            target, opts.max_pruning_ratio, now,
+                                            dense_flops=trial.flops0))
         return counter.count(self.model)
 
 

@@ -160,3 +160,20 @@ def test_depth_width_both_rows(tmp_path, monkeypatch):
     assert rows['1.2x both']['blocks'] >= 1
     assert all(0 < r['flops_frac'] <= 1 and r['speedup'] > 0 for r in rows.values())
     assert '| retinanet_r18_tiny | 1.2x | depth |' in record['table']
+
+
+def test_landing_rows(tmp_path, monkeypatch):
+    import landing
+
+    from mmprune.timing import LatencyRatio
+    monkeypatch.setattr(LatencyRatio, 'min_seconds', 0.0)
+    out = tmp_path / 'landing.json'
+    assert landing.main([os.path.join(ROOT, 'configs/tiny/retinanet_r18_tiny.py'),
+                         '--shape', '64', '64', '--targets', '0.8', '--repeats', '2',
+                         '--runs', '2', '--malloc', 'default', '--out', str(out)]) == 0
+    record = json.loads(out.read_text())
+    row, = record['records']
+    assert row['target'] == 0.8 and 0 < row['search'] and len(row['retimed']) == 2
+    assert all(r['ratio'] > 0 and r['dense_ms'] > 0 for r in row['retimed'])
+    assert 0 <= row['within'] <= 2 and 0 < row['flops'] <= 1
+    assert record['table'].splitlines()[2].startswith('| 0.800 | 0 |')

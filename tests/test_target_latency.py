@@ -134,3 +134,41 @@ def test_the_ratio_ignores_rounds_slowed_by_other_work():
     quiet = quiet_rounds(model, reference)
     assert len(quiet) == 10
     assert statistics.median(m / r for m, r in quiet) == pytest.approx(0.6)
+
+
+def test_a_reading_within_the_tolerance_is_taken_again():
+    """A lucky first reading (the target itself) does not end the search: the trial is
+    judged on the mean of two readings, so the kept model's true latency is near the
+    target, not 26 % above it as at the first trial."""
+    from mmprune.search import search_latency
+    state = dict(ratio=0.0)
+    readings = []
+
+    def run(ratio):
+        state['ratio'] = ratio
+        return 100
+
+    def measure():  # true latency 1 - ratio; the first reading of each ratio is lucky
+        first = state['ratio'] not in readings
+        readings.append(state['ratio'])
+        return 0.5 if first else 1 - state['ratio']
+
+    found = search_latency(run, lambda: state.update(ratio=0.0), measure, 0.5, 0.99, 1.0)
+    assert len(readings) > 2  # the first trial was not accepted on its lucky reading
+    assert abs((1 - found['pruning_ratio']) - 0.5) <= 0.1 * 0.5
+    assert readings[0] == pytest.approx(1 - 0.5 ** (1 / 1.5))  # true latency 0.63 there
+
+
+def test_an_unreachable_target_says_what_the_width_leaves():
+    from mmprune.search import search_latency
+    state = dict(ratio=0.0)
+
+    def run(ratio):
+        state['ratio'] = ratio
+        return int(1000 * (1 - ratio) ** 2)
+
+    # time hardly falls with the width (a launch-bound GPU at batch 1)
+    with pytest.raises(ValueError, match=r'still 9\d\.\d% .* with 0\.0% of the dense FLOPs '
+                                         r'left.*remove_blocks'):
+        search_latency(run, lambda: state.update(ratio=0.0),
+                       lambda: 1 - 0.05 * state['ratio'], 0.5, 0.99, 1.0, dense_flops=1000)

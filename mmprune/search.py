@@ -169,6 +169,7 @@ def search_latency(run: Callable[[float], Any], restore: Callable[[], None],
     """
     cap = min(max_ratio, 0.99)
     flops: Dict[float, int] = {}
+    readings: Dict[float, float] = {}
 
     def timed(ratio: float) -> float:
         flops[ratio] = run(ratio)
@@ -178,6 +179,7 @@ def search_latency(run: Callable[[float], Any], restore: Callable[[], None],
             note = ' (mean of two readings)'
         else:
             note = ''
+        readings[ratio] = frac
         print_log(f'[mmprune] ratio {ratio:.4f}: latency {frac:.1%} of the model before '
                   f'this prune (target {target:.1%}){note}', logger='current',
                   level=logging.INFO)
@@ -187,11 +189,14 @@ def search_latency(run: Callable[[float], Any], restore: Callable[[], None],
                                         1 - (target / start) ** (1 / 1.5), start,
                                         tolerance=LATENCY_TOLERANCE)
     if not met:
-        if ratio >= cap:
-            at = flops.get(ratio)
+        # no trial came below the target: the search stopped at (or a hair under) the cap
+        if ratio >= cap or min(readings.values()) > target:
+            ratio = max(readings)
+            frac, at = readings[ratio], flops.get(ratio)
             raise ValueError(
-                f'target_latency={target} is unreachable: at the largest allowed ratio '
-                f'{cap:.3f} (max_pruning_ratio={max_ratio}) the latency is still {frac:.1%} '
+                f'target_latency={target} is unreachable: at ratio {ratio:.3f} (the largest '
+                f'allowed is {cap:.3f}, max_pruning_ratio={max_ratio}) the latency is still '
+                f'{frac:.1%} '
                 f'of the model before this prune'
                 + (f' with {at / dense_flops:.1%} of the dense FLOPs left: the rest is time '
                    f'the width does not shrink (per-operator overhead, post-processing)'

@@ -172,3 +172,21 @@ def test_an_unreachable_target_says_what_the_width_leaves():
                                          r'left.*remove_blocks'):
         search_latency(run, lambda: state.update(ratio=0.0),
                        lambda: 1 - 0.05 * state['ratio'], 0.5, 0.99, 1.0, dense_flops=1000)
+
+
+def test_a_search_that_stops_a_hair_under_the_cap_is_unreachable_too():
+    """A launch-bound GPU read 85.7 % at ratio 0.986 for a target of 66.7 %: the bracket
+    stopped there (0.004 under the cap) and the search kept a model with 0.2 % of its
+    FLOPs. No trial read below the target, so the target is unreachable."""
+    from mmprune.search import search_latency
+    state = dict(ratio=0.0)
+
+    def run(ratio):
+        state['ratio'] = ratio
+        return int(10 ** 6 * (1 - ratio) ** 2)
+
+    # the unpruned model read 101 % of its copy, as there: the fit's next ratio is 0.986
+    with pytest.raises(ValueError, match=r'unreachable: at ratio 0\.98\d .* still 9\d\.\d%'):
+        search_latency(run, lambda: state.update(ratio=0.0),
+                       lambda: 1 - 0.07 * state['ratio'], 0.667, 0.99, 1.01,
+                       dense_flops=10 ** 6)

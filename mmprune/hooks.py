@@ -140,9 +140,14 @@ class PruningHook(Hook):
         self.last_metrics: Dict[str, float] = {}
         #: removable blocks of the dense model (for a ``remove_blocks`` fraction)
         self.block_total: Optional[int] = None
-        #: measured latency over the dense model's: the product of the steps' measured
-        #: ratios (``target_latency``; each step times its model beside the one before)
+        #: measured latency over the dense model's (``target_latency``): each step times
+        #: its result beside a copy of the dense model (:attr:`latency_reference`); a run
+        #: resumed before its last step has no dense copy, and its steps time beside the
+        #: model they start from, their ratios multiplied
         self.latency_fraction = 1.0
+        #: the dense model as it was before the first step (rank 0, ``target_latency``
+        #: only, while steps remain); not saved in checkpoints
+        self.latency_reference: Optional[nn.Module] = None
         allow_mmengine_types()  # --resume loads the Runner's checkpoints with weights_only=True
 
     # ---- schedule ---------------------------------------------------------------------
@@ -160,9 +165,11 @@ class PruningHook(Hook):
             return 1 - (1 - ratio * self.fraction(k)) / (1 - done)
 
         if self.options.get('target_latency') is not None:
-            # of the dense latency; each step measures against the model it starts from
+            # of the dense latency, measured beside the dense copy where there is one,
+            # else beside the model the step starts from
             goal = 1 - (1 - self.options['target_latency']) * self.fraction(k)
-            kwargs['target_latency'] = min(1.0, goal / self.latency_fraction)
+            kwargs['target_latency'] = goal if self.latency_reference is not None \
+                else min(1.0, goal / self.latency_fraction)
         elif self.target_flops is not None:
             goal = 1 - (1 - self.target_flops) * self.fraction(k)  # of the dense FLOPs
             kwargs['target_flops'] = min(1.0, goal * self.dense['flops'] / self.current['flops'])
@@ -196,6 +203,11 @@ class PruningHook(Hook):
                 model = unwrap_model(runner.model)
                 self.block_total = len(find_blocks(model, make_batch(model, runner.cfg,
                                                                      self.input_shape)))
+            if self.options.get('target_latency') is not None and get_dist_info()[0] == 0:
+                # one rank prunes and times; the copy costs the dense model's memory
+                # until the last step
+                self.latency_reference = copy.deepcopy(unwrap_model(runner.model)).eval()
+                self.latency_reference.requires_grad_(False)
             runner.logger.info(f'[mmprune] dense model: {self.dense["params"] / 1e6:.2f}M params, '
                                f'{self.dense["flops"] / 1e9:.3f}G FLOPs; pruning at '
                                f'{"epochs" if self.by_epoch else "iterations"} {self.points}')
@@ -315,9 +327,12 @@ class PruningHook(Hook):
             try:
                 with track_slices() as slices:
                     result = prune(model, cfg=runner.cfg, input_shape=self.input_shape,
-                                   data=list(self.batches) or None, **kwargs)
-                payload = [result.structure, slices_by_name(model, slices), None,
-                           result.options.get('latency_ratio')]
+                                   data=list(self.batches) or None,
+                                   latency_reference=self.latency_reference, **kwargs)
+                measured = result.options.get('latency_ratio')
+                if measured is not None and self.latency_reference is None:
+                    measured *= self.latency_fraction  # beside the model the step began with
+                payload = [result.structure, slices_by_name(model, slices), None, measured]
             except Exception as e:  # the other ranks must not wait forever
                 failure = e
                 payload = [None, None, f'{type(e).__name__}: {e}', None]
@@ -334,9 +349,9 @@ class PruningHook(Hook):
                 apply_structure(model, payload[0])
             for t in model.state_dict().values():  # rank 0's values everywhere
                 broadcast(t, src=0)
-        step_structure, plan, _, latency_ratio = payload
-        if latency_ratio is not None:
-            self.latency_fraction *= latency_ratio
+        step_structure, plan, _, latency_fraction = payload
+        if latency_fraction is not None:
+            self.latency_fraction = latency_fraction
         self.structure = compose(self.structure, step_structure)
         self._after_change(runner, before, plan, step_structure, ema_before)
         agreed = ''
@@ -348,6 +363,8 @@ class PruningHook(Hook):
             agreed = f', the same on all {world} ranks'
 
         self.done.append(point)
+        if all(p in self.done for p in self.points):
+            self.latency_reference = None  # its memory back
         self.current = self._count(runner)
         ratio = self.current['flops'] / self.dense['flops']
         runner.logger.info(

@@ -86,7 +86,7 @@ class PruneResult:
 def prune(model: Union[nn.Module, str, Any], pruning_ratio: float = 0.5,
           importance: Union[str, Dict[str, Any]] = DEFAULT_IMPORTANCE, *, cfg: Any = None,
           checkpoint: Optional[str] = None, data: Optional[Iterable[Dict[str, Any]]] = None,
-          **options: Any) -> PruneResult:
+          latency_reference: Optional[nn.Module] = None, **options: Any) -> PruneResult:
     """Prune the channels (and, with ``remove_blocks``, whole residual blocks) of an
     mmdet detector or mmseg segmentor in place.
 
@@ -101,6 +101,11 @@ def prune(model: Union[nn.Module, str, Any], pruning_ratio: float = 0.5,
         checkpoint: dense weights to load when ``model`` is a config.
         data: batches (as given by a dataloader) for gradient criteria;
             synthetic batches with the model's loss are used when None.
+        latency_reference: the model whose latency ``target_latency`` is a fraction of
+            (on the same device; left untouched). By default a copy of ``model`` as given.
+            :class:`~mmprune.hooks.PruningHook` passes the dense model, so that each of
+            its steps measures against the dense latency rather than multiplying the
+            steps' ratios, whose errors compound.
         **options: the other options of :class:`mmprune.options.PruneOptions`
             (``target_flops``, ``target_latency``, ``remove_blocks``, ``round_to``,
             ``ignored_layers``, ``pruning_ratio_dict``, ``global_pruning``, ``allocation``,
@@ -117,7 +122,7 @@ def prune(model: Union[nn.Module, str, Any], pruning_ratio: float = 0.5,
         from .apis import build_model
         model, cfg = build_model(model, checkpoint)
     cfg = cfg if cfg is not None else getattr(model, 'cfg', None)
-    job = _Prune(model, cfg, opts, data)
+    job = _Prune(model, cfg, opts, data, latency_reference)
     restore = restore_point(model)
     context = TraceContext()
     try:
@@ -150,8 +155,10 @@ class _Prune:
     """One prune of ``model`` with ``options``: what :func:`prune` runs (twice when the
     first attempt fails with token maps let through)."""
 
-    def __init__(self, model: nn.Module, cfg, options: PruneOptions, data) -> None:
+    def __init__(self, model: nn.Module, cfg, options: PruneOptions, data,
+                 latency_reference: Optional[nn.Module] = None) -> None:
         self.model, self.cfg, self.options = model, cfg, options
+        self.latency_reference = latency_reference
         self.ignored, self.ratio_matches = resolve_layers(model, options)
         self.ratio_dict = {top_level(self.ratio_matches[p]): r
                            for p, r in (options.pruning_ratio_dict or {}).items()}
@@ -175,7 +182,9 @@ class _Prune:
         h, w = self.recorded['input_shape']
         dense = None
         if opts.target_latency is not None:  # timed beside a copy of the model as it is
-            self.meter = LatencyRatio(copy.deepcopy(model), self.batch, opts.latency_runs)
+            self.meter = LatencyRatio(copy.deepcopy(model) if self.latency_reference is None
+                                      else self.latency_reference, self.batch,
+                                      opts.latency_runs)
         if opts.remove_blocks is not None:
             dense = self._remove_blocks()
             restore = restore_point(model)  # trials restore to the model without the blocks
@@ -282,14 +291,16 @@ class _Prune:
         """Prune the width until the measured latency is ``target_latency``."""
         opts, target = self.options, float(self.options.target_latency)
         now = self.meter(self.model)
-        _log(f'latency {now:.1%} of the model before this prune'
+        of = 'the model before this prune' if self.latency_reference is None \
+            else 'the reference'
+        _log(f'latency {now:.1%} of {of}'
              + (' (blocks removed)' if self.recorded.get('removed_blocks') else ''))
         if now <= target * (1 + LATENCY_TOLERANCE):
             self.recorded.update(pruning_ratio=0.0)
             return counter.dense
         self.recorded.update(search_latency(trial, restore, lambda: self.meter(self.model),
                                             target, opts.max_pruning_ratio, now,
-                                            dense_flops=trial.flops0))
+                                            dense_flops=trial.flops0, of=of))
         return counter.count(self.model)
 
 

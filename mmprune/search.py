@@ -152,11 +152,12 @@ def search_flops(run: Callable[..., int], restore: Callable[[], None], model: nn
 
 def search_latency(run: Callable[[float], Any], restore: Callable[[], None],
                    measure: Callable[[], float], target: float, max_ratio: float,
-                   start: float, dense_flops: Optional[int] = None) -> Dict[str, Any]:
+                   start: float, dense_flops: Optional[int] = None,
+                   of: str = 'the model before this prune') -> Dict[str, Any]:
     """Prune to ``target`` of the reference latency within :data:`LATENCY_TOLERANCE`:
     each trial prunes at a ratio (``run``, which returns the FLOPs) and times the model
     (``measure``: its latency over the reference's); ``start`` is that fraction before
-    this prune. Time falls slower than FLOPs with the width (memory-bound layers shrink
+    this prune (``of`` names what the latency is a fraction of). Time falls slower than FLOPs with the width (memory-bound layers shrink
     with it, not its square), so the first guess assumes ``(1 - ratio) ** 1.5``. When no
     ratio lands within the tolerance, the model keeps the largest ratio still above the
     target.
@@ -180,8 +181,8 @@ def search_latency(run: Callable[[float], Any], restore: Callable[[], None],
         else:
             note = ''
         readings[ratio] = frac
-        print_log(f'[mmprune] ratio {ratio:.4f}: latency {frac:.1%} of the model before '
-                  f'this prune (target {target:.1%}){note}', logger='current',
+        print_log(f'[mmprune] ratio {ratio:.4f}: latency {frac:.1%} of {of} '
+                  f'(target {target:.1%}){note}', logger='current',
                   level=logging.INFO)
         return frac
 
@@ -196,8 +197,7 @@ def search_latency(run: Callable[[float], Any], restore: Callable[[], None],
             raise ValueError(
                 f'target_latency={target} is unreachable: at ratio {ratio:.3f} (the largest '
                 f'allowed is {cap:.3f}, max_pruning_ratio={max_ratio}) the latency is still '
-                f'{frac:.1%} '
-                f'of the model before this prune'
+                f'{frac:.1%} of {of}'
                 + (f' with {at / dense_flops:.1%} of the dense FLOPs left: the rest is time '
                    f'the width does not shrink (per-operator overhead, post-processing)'
                    if at is not None and dense_flops else '')

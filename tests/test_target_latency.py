@@ -64,7 +64,14 @@ def test_bad_latency_options(options, error):
         mmprune.PruneOptions(**options)
 
 
-def test_the_hook_ramps_the_latency_over_its_steps(flops_as_time, tmp_path):
+def test_the_hook_ramps_the_latency_over_its_steps(flops_as_time, tmp_path, monkeypatch):
+    references = []
+    fake = LatencyRatio.__call__
+
+    def seen(self, model, runs=None):  # the FLOPs of what each step is timed beside
+        references.append(count_flops_params(self.reference, self.batch)[0])
+        return fake(self, model, runs)
+    monkeypatch.setattr(LatencyRatio, '__call__', seen)
     from conftest import make_coco
     from mmprune.hooks import PruningHook
     from test_hooks import DET_CFG, _coco_opts, iter_runner
@@ -76,10 +83,23 @@ def test_the_hook_ramps_the_latency_over_its_steps(flops_as_time, tmp_path):
     runner.train()
     hook = next(h for h in runner.hooks if isinstance(h, PruningHook))
     assert hook.done == [0, 1] and len(hook.structure['removed']) == 1
-    assert abs(hook.latency_fraction - 0.6) <= 0.05 * 0.6 * 2  # two steps, 5 % each
-    # the fake timer's latency is (FLOPs ratio) ** 0.75: the hook's product agrees
+    # each step is timed beside the dense copy: one tolerance, not one per step
+    assert abs(hook.latency_fraction - 0.6) <= 0.05 * 0.6
+    assert references == [hook.dense['flops']] * len(references) and len(references) > 2
+    assert hook.latency_reference is None  # dropped after the last step
+    # the fake timer's latency is (FLOPs ratio) ** 0.75: the hook's record agrees
     flops_ratio = hook.current['flops'] / hook.dense['flops']
     assert hook.latency_fraction == pytest.approx(flops_ratio ** 0.75, rel=1e-3)
+
+
+def test_a_hook_resumed_mid_ramp_times_beside_the_model_it_starts_from():
+    from mmprune.hooks import PruningHook
+    hook = PruningHook(target_latency=0.5, begin=0, end=4, interval=1, ramp='linear')
+    hook.latency_fraction = 0.8  # restored from a checkpoint; no dense copy
+    assert hook.latency_reference is None
+    assert hook.step_kwargs(2)['target_latency'] == pytest.approx((1 - 0.5 * 0.75) / 0.8)
+    hook.latency_reference = object()  # a fresh run holds the dense copy
+    assert hook.step_kwargs(2)['target_latency'] == pytest.approx(1 - 0.5 * 0.75)
 
 
 def test_the_candidate_is_timed_with_its_in_place_activations():

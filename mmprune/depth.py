@@ -286,6 +286,8 @@ def select_blocks(model: nn.Module, request: Any, batch: Dict[str, Any],
                   keep: Iterable[str] = ()) -> Tuple[List[Block], Dict[str, float]]:
     """The blocks a ``remove_blocks`` request names: a count, a fraction of the
     removable blocks, or a list of block names; with the scores they were chosen by.
+    ``'auto'``: every removable block, least missed first (the caller removes them in
+    that order until its latency target is met).
 
     A named module that is not a removable block is one ValueError saying why;
     blocks holding a layer of ``keep`` (``ignored_layers``) are never chosen.
@@ -301,7 +303,8 @@ def select_blocks(model: nn.Module, request: Any, batch: Dict[str, Any],
     keep = list(keep)
     free = [b for b in found if not any(k == b.name or k.startswith(b.name + '.')
                                         or b.name.startswith(k + '.') for k in keep)]
-    count = int(request) if isinstance(request, int) else int(round(request * len(found)))
+    count = len(free) if request == 'auto' else int(request) if isinstance(request, int) \
+        else int(round(request * len(found)))
     if count > len(free):
         raise ValueError(f'remove_blocks={request!r} asks for {count} blocks, but '
                          f'{type(model).__name__} has {len(free)} removable ones'
@@ -309,6 +312,11 @@ def select_blocks(model: nn.Module, request: Any, batch: Dict[str, Any],
                          f'{[b.name for b in free][:8]}')
     scores = score_blocks(model, free, batches, criterion)
     chosen = sorted(free, key=lambda b: scores[b.name])[:count]
+    if request == 'auto':
+        print_log(f'[mmprune] {len(found)} removable blocks, least missed first: '
+                  + ', '.join(f'{b.name} ({scores[b.name]:.3g})' for b in chosen),
+                  logger='current', level=logging.INFO)
+        return chosen, scores
     print_log(f'[mmprune] {len(found)} removable blocks; removing {count}: '
               + ', '.join(f'{b.name} ({scores[b.name]:.3g})' for b in chosen),
               logger='current', level=logging.INFO)

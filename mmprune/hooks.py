@@ -186,6 +186,8 @@ class PruningHook(Hook):
         a fraction of the dense model's removable blocks, :attr:`block_total`) follows
         the ramp, counting the blocks already removed."""
         request = self.options.get('remove_blocks')
+        if request == 'auto':  # each step removes blocks until its own latency goal
+            return request
         if request is None or isinstance(request, (list, tuple)):
             return request if k == 0 or not self.structure.get('removed') else None
         total = request if isinstance(request, int) else round(request * self.block_total)

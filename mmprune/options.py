@@ -62,7 +62,10 @@ class PruneOptions:
             None traces at ``input_shape``.
         remove_blocks: whole residual blocks removed before the channels are pruned
             (:mod:`mmprune.depth`): a count, a fraction in (0, 1] of the removable
-            blocks (1.0: all), or a list of block names; None removes none.
+            blocks (1.0: all), a list of block names, or ``'auto'`` (with
+            ``target_latency``: blocks go one at a time, least missed first, until the
+            measured latency is the target; the width does the rest, if any); None
+            removes none.
         target_latency: prune until the measured latency is this fraction of the
             model's before the prune (within 5 %), timed interleaved with a copy of it
             on the model's device at ``input_shape``
@@ -91,7 +94,7 @@ class PruneOptions:
     fast_counts_from: int = 128
     blocks_from: Optional[int] = 128
     trace_side: Optional[int] = 256
-    remove_blocks: Union[None, int, float, Sequence[str]] = None
+    remove_blocks: Union[None, int, float, str, Sequence[str]] = None
     block_criterion: str = 'output'
     target_latency: Optional[float] = None
     latency_runs: int = 10
@@ -149,6 +152,10 @@ class PruneOptions:
             self.ignored_layers = [self.ignored_layers]
         self.ignored_layers = list(self.ignored_layers)
         self.remove_blocks = _block_request(self.remove_blocks)
+        if self.remove_blocks == 'auto' and self.target_latency is None:
+            raise ValueError("remove_blocks='auto' removes blocks until the measured latency "
+                             "is target_latency; give target_latency (or a count, a fraction "
+                             "or names of blocks)")
         from .depth import BLOCK_CRITERIA
         if self.block_criterion not in BLOCK_CRITERIA:
             raise ValueError(f'block_criterion must be one of {BLOCK_CRITERIA}, but got '
@@ -173,10 +180,13 @@ def _int(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def _block_request(value: Any) -> Union[None, int, float, List[str]]:
-    """``remove_blocks``: None, a count, a fraction in (0, 1) or a list of names."""
+def _block_request(value: Any) -> Union[None, int, float, str, List[str]]:
+    """``remove_blocks``: None, a count, a fraction in (0, 1], ``'auto'`` or a list of
+    names."""
     if value is None or (_int(value, 0) and value == 0):
         return None
+    if value == 'auto':
+        return value
     if _int(value, 1):
         return value
     if _number(value, 0, 1, low_open=True) and isinstance(value, float):  # 1.0: all
@@ -189,7 +199,7 @@ def _block_request(value: Any) -> Union[None, int, float, List[str]]:
             raise ValueError(f'remove_blocks names a block twice: {list(value)}')
         return list(value)
     raise ValueError(f'remove_blocks must be a count of blocks, a fraction in (0, 1] of the '
-                     f'removable ones, or a list of block names, but got {value!r}')
+                     f"removable ones, 'auto' or a list of block names, but got {value!r}")
 
 
 def _ratio(name: str, value: Any) -> float:

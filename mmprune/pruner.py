@@ -243,9 +243,30 @@ class _Prune:
                        seed=opts.seed + 1 + i) for i in range(opts.num_batches)]
         blocks, _ = select_blocks(model, opts.remove_blocks, self.batch, batches,
                                   opts.block_criterion, keep=list(self.ignored))
-        remove_blocks(model, blocks)
+        if opts.remove_blocks == 'auto':
+            blocks = self._blocks_to_latency(blocks)
+        else:
+            remove_blocks(model, blocks)
         self.recorded['removed_blocks'] = [b.name for b in blocks]
         return flops, params
+
+    def _blocks_to_latency(self, ranked: List[Any]) -> List[Any]:
+        """``remove_blocks='auto'``: remove ``ranked`` blocks one at a time, timing the
+        model after each, until its latency is ``target_latency`` (within the tolerance);
+        returns those removed. Removing a block removes operators, which the width
+        cannot: on a GPU at batch 1 it was the only way to a speed-up (docs/speed.md)."""
+        target = float(self.options.target_latency)
+        removed: List[Any] = []
+        frac = self.meter(self.model)
+        for block in ranked:
+            if frac <= target * (1 + LATENCY_TOLERANCE):
+                break
+            remove_blocks(self.model, [block])
+            removed.append(block)
+            frac = self.meter(self.model)
+            _log(f'{len(removed)} block(s) removed ({block.name}): latency {frac:.1%} '
+                 f'(target {target:.1%})')
+        return removed
 
     def _trace(self, context: TraceContext):
         """The output layers and the dependency graph, from one forward at the small

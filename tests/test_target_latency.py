@@ -1,5 +1,6 @@
 """target_latency: the width searched on measured time (the timer is faked where a test
 checks the search, since timings on a shared CPU are not test material)."""
+import copy
 import time
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 import mmprune
 from mmprune.flops import count_flops_params
 from mmprune.timing import LatencyRatio
+from mmprune.tracing import make_batch
 
 from conftest import tiny
 
@@ -45,6 +47,37 @@ def test_blocks_alone_may_meet_the_target(flops_as_time):
     assert result.removed_blocks == ['backbone.layer4.1']
 
 
+@pytest.mark.parametrize('target', [0.9, 0.4])
+def test_auto_blocks_go_until_the_latency_is_met_then_the_width(flops_as_time, target):
+    dense, cfg = mmprune.build_model(tiny('retinanet_r18_tiny'))
+    model = copy.deepcopy(dense)
+    result = mmprune.prune(model, cfg=cfg, input_shape=SHAPE, target_latency=target,
+                           remove_blocks='auto', round_to=None)
+    assert result.latency[1] / result.latency[0] <= target * 1.05
+    removed = result.removed_blocks
+    assert removed and result.options['remove_blocks'] == 'auto'
+    if target == 0.9:  # blocks alone: the first that met the target stopped the walk
+        assert result.options['pruning_ratio'] == 0.0
+        # one block fewer was still too slow
+        less = copy.deepcopy(dense)
+        mmprune.prune(less, cfg=cfg, input_shape=SHAPE, pruning_ratio=0.0,
+                      remove_blocks=removed[:-1] or None)
+        ref = count_flops_params(dense, make_batch(dense, cfg, SHAPE))[0]
+        now = count_flops_params(less, make_batch(less, cfg, SHAPE))[0]
+        assert (now / ref) ** 0.75 > 0.9 * 1.05
+    else:  # every removable block went, and the width did the rest
+        from mmprune.depth import find_blocks
+        assert len(removed) == len(find_blocks(dense, make_batch(dense, cfg, SHAPE)))
+        assert result.options['pruning_ratio'] > 0
+
+
+def test_auto_blocks_need_a_latency_target():
+    with pytest.raises(ValueError, match="remove_blocks='auto' .* give target_latency"):
+        mmprune.PruneOptions(remove_blocks='auto', target_flops=0.5)
+    from mmprune.cli import block_request
+    assert block_request(['auto']) == 'auto' and block_request(['4']) == 4
+
+
 def test_a_real_timing_reports_both_latencies(monkeypatch):
     monkeypatch.setattr(LatencyRatio, 'min_seconds', 0.0)  # latency_runs alone
     model, cfg = mmprune.build_model(tiny('retinanet_r18_tiny'))
@@ -64,7 +97,9 @@ def test_bad_latency_options(options, error):
         mmprune.PruneOptions(**options)
 
 
-def test_the_hook_ramps_the_latency_over_its_steps(flops_as_time, tmp_path, monkeypatch):
+@pytest.mark.parametrize('blocks', [1, 'auto'])
+def test_the_hook_ramps_the_latency_over_its_steps(flops_as_time, tmp_path, monkeypatch,
+                                                    blocks):
     references = []
     fake = LatencyRatio.__call__
 
@@ -79,10 +114,12 @@ def test_the_hook_ramps_the_latency_over_its_steps(flops_as_time, tmp_path, monk
     opts = dict(o.split('=', 1) for o in _coco_opts(str(tmp_path / 'coco'))[1:])
     runner = iter_runner(DET_CFG, tmp_path / 'run', opts, [dict(
         type='mmprune.PruningHook', by_epoch=False, target_latency=0.6, round_to=None,
-        remove_blocks=1, begin=0, end=2)], max_iters=3)
+        remove_blocks=blocks, begin=0, end=2)], max_iters=3)
     runner.train()
     hook = next(h for h in runner.hooks if isinstance(h, PruningHook))
-    assert hook.done == [0, 1] and len(hook.structure['removed']) == 1
+    assert hook.done == [0, 1] and len(hook.structure['removed']) >= 1
+    if blocks == 1:
+        assert len(hook.structure['removed']) == 1
     # each step is timed beside the dense copy: one tolerance, not one per step
     assert abs(hook.latency_fraction - 0.6) <= 0.05 * 0.6
     assert references == [hook.dense['flops']] * len(references) and len(references) > 2

@@ -72,9 +72,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def block_request(values: Optional[List[str]]):
-    """``--remove-blocks``: one count (``4``), one fraction (``0.25``) or block names."""
+    """``--remove-blocks``: one count (``4``), one fraction (``0.25``), ``auto`` or block
+    names."""
     if not values:
         return None
+    if values == ['auto']:
+        return 'auto'
     if len(values) == 1:
         for kind in (int, float):
             try:
@@ -86,9 +89,10 @@ def block_request(values: Optional[List[str]]):
 
 def add_block_flags(p: argparse.ArgumentParser) -> None:
     """The depth-pruning flags shared by ``prune`` and ``train``."""
-    p.add_argument('--remove-blocks', nargs='+', metavar='N|FRACTION|NAME',
+    p.add_argument('--remove-blocks', nargs='+', metavar='N|FRACTION|auto|NAME',
                    help='remove whole residual blocks: a count, a fraction of the removable '
-                        'ones, or block names (see mmprune.depth)')
+                        'ones, block names (see mmprune.depth), or auto (with '
+                        '--target-latency: one at a time until the measured latency is met)')
     p.add_argument('--block-criterion', choices=('output', 'loss'),
                    help='choose blocks by the output change (default) or loss increase when '
                         'skipped')

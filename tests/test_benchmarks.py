@@ -177,3 +177,18 @@ def test_landing_rows(tmp_path, monkeypatch):
     assert all(r['ratio'] > 0 and r['dense_ms'] > 0 for r in row['retimed'])
     assert 0 <= row['within'] <= 2 and 0 < row['flops'] <= 1
     assert record['table'].splitlines()[2].startswith('| 0.800 | 0 |')
+
+
+def test_threads_rows(tmp_path):
+    import threads
+    out = tmp_path / 'threads.json'
+    assert threads.main([os.path.join(ROOT, 'configs/tiny/retinanet_r18_tiny.py'),
+                         '--shape', '64', '64', '--policies', 'default', 'PASSIVE',
+                         '--threads', '1', '--repeats', '2', '--runs', '1',
+                         '--malloc', 'default', '--out', str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert [(r['policy'], r['threads']) for r in record['records']] == [
+        ('default', 1), ('PASSIVE', 1)]  # each from its own process, as asked
+    assert all(len(r['repeats']) == 2 and r['repeats'][0]['ratio'] > 0
+               for r in record['records'])
+    assert record['table'].splitlines()[3].startswith('| PASSIVE | 1 |')

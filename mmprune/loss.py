@@ -67,6 +67,12 @@ def check_loss(model: nn.Module, cfg, batch: Dict[str, Any], seed: int,
 
 
 def _loss_error(e: Exception) -> RuntimeError:
+    if isinstance(e, NotImplementedError):  # not a shape: the op is missing, pruned or not
+        return RuntimeError(
+            f'the pruned model fails in mode=loss ({type(e).__name__}: {e}): an operation of '
+            f'the loss is not available here (an mmcv op without a kernel for this device?), '
+            f'and pruning does not change that; the unpruned model fails the same way. The '
+            f'model is restored.')
     return RuntimeError(
         f'the pruned model fails in mode=loss ({type(e).__name__}: {e}); a layer used only '
         f'by the loss was not reached by the traced forward. The model is restored; keep '

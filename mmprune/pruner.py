@@ -33,8 +33,8 @@ from .importance import (DEFAULT_IMPORTANCE, build_importance, importance_name,
 from .latency import LatencyAllocation, layer_times
 from .loss import accumulate_gradients, check_loss, one_value_norms, train_batches
 from .options import PruneOptions, check_prunable, resolve_layers, top_level
-from .search import (FLOPS_TOLERANCE, LATENCY_TOLERANCE, restore_point, search_flops,
-                     search_latency)
+from .search import (FLOPS_TOLERANCE, LATENCY_TOLERANCE, blocks_to_latency, restore_point,
+                     search_flops, search_latency)
 from .structure import diff, snapshot
 from .timing import LatencyRatio
 from .tp_adapter import GroupPruner, build_graph, group_error, torch_pruning_fixes
@@ -245,37 +245,13 @@ class _Prune:
                        seed=opts.seed + 1 + i) for i in range(opts.num_batches)]
         blocks, _ = select_blocks(model, opts.remove_blocks, self.batch, batches,
                                   opts.block_criterion, keep=list(self.ignored))
-        if opts.remove_blocks == 'auto':
-            blocks = self._blocks_to_latency(blocks)
+        if opts.remove_blocks == 'auto':  # one at a time until the latency is met
+            blocks, self.latency_now = blocks_to_latency(
+                model, blocks, lambda: self.meter(model), float(opts.target_latency))
         else:
             remove_blocks(model, blocks)
         self.recorded['removed_blocks'] = [b.name for b in blocks]
         return flops, params
-
-    def _blocks_to_latency(self, ranked: List[Any]) -> List[Any]:
-        """``remove_blocks='auto'``: remove ``ranked`` blocks one at a time, timing the
-        model after each, until its latency is ``target_latency`` (within the tolerance);
-        returns those removed. Removing a block removes operators, which the width
-        cannot: on a GPU at batch 1 it was the only way to a speed-up (docs/speed.md)."""
-        target = float(self.options.target_latency)
-
-        def reading() -> float:  # one met the target: read again, judge the mean (search.py)
-            frac = self.meter(self.model)
-            return (frac + self.meter(self.model)) / 2 \
-                if frac <= target * (1 + LATENCY_TOLERANCE) else frac
-
-        removed: List[Any] = []
-        frac = reading()
-        for block in ranked:
-            if frac <= target * (1 + LATENCY_TOLERANCE):
-                break
-            remove_blocks(self.model, [block])
-            removed.append(block)
-            frac = reading()
-            _log(f'{len(removed)} block(s) removed ({block.name}): latency {frac:.1%} '
-                 f'(target {target:.1%})')
-        self.latency_now = frac  # the width search starts from it
-        return removed
 
     def _trace(self, context: TraceContext):
         """The output layers and the dependency graph, from one forward at the small

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 from mmengine.logging import print_log
 
-from .depth import put_back, skipped_blocks
+from .depth import put_back, remove_blocks, skipped_blocks
 from .structure import apply_structure, snapshot, structure_between
 
 #: relative tolerance on ``target_flops``
@@ -150,6 +150,39 @@ def search_flops(run: Callable[..., int], restore: Callable[[], None], model: nn
                 **(dict(refine_round_to=None) if exact and not exact_counts else {}))
 
 
+def confirmed(measure: Callable[[], float], target: float) -> float:
+    """A latency reading (``measure()``), read again when it meets ``target`` within
+    :data:`LATENCY_TOLERANCE` and then the mean of the two: on a 2-core VM the same pair
+    of models read 0.55 to 0.69 over seconds (PyTorch's OpenMP workers pay for waking up
+    between operators in some spells and not in others; docs/speed.md, "Where a
+    target_latency prune lands"), and a search that stopped at its first lucky reading kept
+    a model whose re-timing missed the target by 17 %."""
+    frac = measure()
+    if frac <= target * (1 + LATENCY_TOLERANCE):
+        frac = (frac + measure()) / 2
+    return frac
+
+
+def blocks_to_latency(model: nn.Module, ranked: List[Any], measure: Callable[[], float],
+                      target: float) -> Tuple[List[Any], float]:
+    """``remove_blocks='auto'``: remove the ``ranked`` blocks one at a time (least missed
+    first), timing the model after each (``measure``), until its latency is ``target``
+    within the tolerance; returns the blocks removed and the last reading. Removing a block
+    removes operators, which the width cannot: on a GPU at batch 1 it was the only way to
+    a speed-up (docs/speed.md, "On a GPU")."""
+    removed: List[Any] = []
+    frac = confirmed(measure, target)
+    for block in ranked:
+        if frac <= target * (1 + LATENCY_TOLERANCE):
+            break
+        remove_blocks(model, [block])
+        removed.append(block)
+        frac = confirmed(measure, target)
+        print_log(f'[mmprune] {len(removed)} block(s) removed ({block.name}): latency '
+                  f'{frac:.1%} (target {target:.1%})', logger='current', level=logging.INFO)
+    return removed, frac
+
+
 def search_latency(run: Callable[[float], Any], restore: Callable[[], None],
                    measure: Callable[[], float], target: float, max_ratio: float,
                    start: float, dense_flops: Optional[int] = None,
@@ -163,10 +196,7 @@ def search_latency(run: Callable[[float], Any], restore: Callable[[], None],
     target.
 
     A reading within the tolerance is taken again and the trial is judged on the mean of
-    the two: on a 2-core VM the same pair of models read 0.55 to 0.69 over seconds
-    (PyTorch's OpenMP workers pay for waking up between operators in some spells and not
-    in others; docs/speed.md, "Timing method"), and a search that stopped at its first
-    lucky reading kept a model whose re-timing missed the target by 17 %.
+    the two (:func:`confirmed`).
     """
     cap = min(max_ratio, 0.99)
     flops: Dict[float, int] = {}
@@ -174,15 +204,10 @@ def search_latency(run: Callable[[float], Any], restore: Callable[[], None],
 
     def timed(ratio: float) -> float:
         flops[ratio] = run(ratio)
-        frac = measure()
-        if abs(frac - target) <= LATENCY_TOLERANCE * target:
-            frac = (frac + measure()) / 2
-            note = ' (mean of two readings)'
-        else:
-            note = ''
+        frac = confirmed(measure, target)
         readings[ratio] = frac
         print_log(f'[mmprune] ratio {ratio:.4f}: latency {frac:.1%} of {of} '
-                  f'(target {target:.1%}){note}', logger='current',
+                  f'(target {target:.1%})', logger='current',
                   level=logging.INFO)
         return frac
 

@@ -14,7 +14,9 @@ work and the block criterion has something to rank) and each speed-up ``s``:
   (least change first), the latency timed after each (interleaved with the dense
   model), until it is at most ``1/s`` of the dense one (within 5 %) or no block is left;
 * **both**: half the blocks depth needed (all it could remove, when it fell short), then
-  ``prune(remove_blocks=those, target_latency=1/s)`` for the width.
+  ``prune(remove_blocks=those, target_latency=1/s)`` for the width;
+* **auto** (not run by default): ``prune(remove_blocks='auto', target_latency=1/s)``, the
+  library's own walk (blocks until the target, then the width if they fall short).
 
 Every variant of a model is then timed in one final interleaved round beside the dense
 model (``--runs`` each, medians), in PyTorch eager on ``--device`` (the CPU by default;
@@ -39,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from speed import MODELS, add_run_options, apply_malloc, run_models, write_results  # noqa: E402,E501
 
-MODES = ('width', 'depth', 'both')
+MODES = ('width', 'depth', 'both', 'auto')
 
 
 def build(config: str, shape, seed: int = 0, device: str = 'cpu'):
@@ -103,7 +105,7 @@ def bench_model(name: str, config: str, args) -> dict:
                 elif mode == 'depth':
                     depth_blocks, frac = depth_until(model, cfg, batch, target, args.runs)
                     detail = dict(blocks=len(depth_blocks), search_latency=round(frac, 4))
-                else:
+                elif mode == 'both':
                     if depth_blocks is None:
                         probe = copy.deepcopy(dense)
                         depth_blocks, _ = depth_until(probe, cfg, batch, target, args.runs)
@@ -113,6 +115,13 @@ def bench_model(name: str, config: str, args) -> dict:
                                       remove_blocks=half, target_latency=target,
                                       latency_runs=args.runs)
                     detail = dict(blocks=len(half), pruning_ratio=r.options['pruning_ratio'],
+                                  search_latency=r.options.get('latency_ratio'))
+                elif mode == 'auto':
+                    r = mmprune.prune(model, cfg=cfg, input_shape=args.shape,
+                                      remove_blocks='auto', target_latency=target,
+                                      latency_runs=args.runs)
+                    detail = dict(blocks=len(r.removed_blocks),
+                                  pruning_ratio=r.options['pruning_ratio'],
                                   search_latency=r.options.get('latency_ratio'))
             except Exception as e:  # a row says why, the others go on
                 info[key] = dict(error=f'{type(e).__name__}: {str(e)[:300]}')
@@ -162,7 +171,7 @@ def main(argv=None) -> int:
     p.add_argument('--models', nargs='+', default=list(MODELS),
                    help=f'names from {list(MODELS)} or config paths')
     p.add_argument('--speedups', type=float, nargs='+', default=[1.5, 2.0])
-    p.add_argument('--modes', nargs='+', choices=MODES, default=list(MODES))
+    p.add_argument('--modes', nargs='+', choices=MODES, default=list(MODES[:3]))
     p.add_argument('--shape', type=int, nargs=2, default=(512, 512))
     p.add_argument('--runs', type=int, default=6)
     p.add_argument('--device', default='cpu',

@@ -162,6 +162,26 @@ def test_depth_width_both_rows(tmp_path, monkeypatch):
     assert '| retinanet_r18_tiny | 1.2x | depth |' in record['table']
 
 
+def test_depth_auto_rows(tmp_path, monkeypatch):
+    import depth
+
+    from mmprune.flops import count_flops_params
+    from mmprune.timing import LatencyRatio
+
+    def flops_as_time(self, model, runs=None):  # deterministic: (FLOPs ratio) ** 0.75
+        ref = count_flops_params(self.reference, self.batch)[0]
+        self.last = dict(reference=1.0, model=1.0)
+        return (count_flops_params(model, self.batch)[0] / ref) ** 0.75
+    monkeypatch.setattr(LatencyRatio, '__call__', flops_as_time)
+    out = tmp_path / 'depth.json'
+    assert depth.main(['--models', os.path.join(ROOT, 'configs/tiny/retinanet_r18_tiny.py'),
+                       '--speedups', '1.2', '--shape', '64', '64', '--runs', '1',
+                       '--modes', 'auto', '--malloc', 'default', '--out', str(out)]) == 0
+    row = json.loads(out.read_text())['records'][0]['variants']['1.2x auto']
+    assert row['blocks'] >= 1 and row['search_latency'] <= 1 / 1.2 * 1.05
+    assert 0 < row['flops_frac'] < 1
+
+
 def test_landing_rows(tmp_path, monkeypatch):
     import landing
 

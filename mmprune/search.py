@@ -153,10 +153,10 @@ def search_flops(run: Callable[..., int], restore: Callable[[], None], model: nn
 def confirmed(measure: Callable[[], float], target: float) -> float:
     """A latency reading (``measure()``), read again when it meets ``target`` within
     :data:`LATENCY_TOLERANCE` and then the mean of the two: on a 2-core VM the same pair
-    of models read 0.55 to 0.69 over seconds (PyTorch's OpenMP workers pay for waking up
-    between operators in some spells and not in others; docs/speed.md, "Where a
-    target_latency prune lands"), and a search that stopped at its first lucky reading kept
-    a model whose re-timing missed the target by 17 %."""
+    of models read 0.504 and then 0.44 a few seconds apart (what waking PyTorch's OpenMP
+    worker costs for each operator varies; docs/speed.md, "Where a target_latency prune
+    lands"), and a search that stopped at its first lucky reading kept a model whose
+    re-timing missed the target by 17 %."""
     frac = measure()
     if frac <= target * (1 + LATENCY_TOLERANCE):
         frac = (frac + measure()) / 2

@@ -31,14 +31,34 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from speed import add_run_options, apply_malloc, write_results  # noqa: E402
 
 
-def land(config: str, checkpoint, shape, target: float, seed: int, repeats: int, runs: int,
-         device: str) -> dict:
+def retime(dense, model, batch, runs: int, sync=None) -> dict:
+    """``model`` against ``dense``, ``runs`` interleaved rounds: the median per-round
+    ratio (what ``target_latency`` measures, over all rounds) and both medians in ms."""
     import torch
 
+    from mmprune.timing import interleaved_runs
+    from mmprune.tracing import inference_forward
+    with torch.no_grad():
+        t = interleaved_runs({'dense': lambda: inference_forward(dense, batch),
+                              'pruned': lambda: inference_forward(model, batch)}, runs, sync)
+    return dict(ratio=round(statistics.median(p / d for p, d in zip(t['pruned'], t['dense'])), 4),
+                dense_ms=round(statistics.median(t['dense']), 2),
+                pruned_ms=round(statistics.median(t['pruned']), 2))
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """CONFIG, ``--checkpoint`` and ``--shape``, as this script and threads.py take them."""
+    p.add_argument('config')
+    p.add_argument('--checkpoint')
+    p.add_argument('--shape', type=int, nargs=2, default=(288, 384))
+
+
+def land(config: str, checkpoint, shape, target: float, seed: int, repeats: int, runs: int,
+         device: str) -> dict:
     import mmprune
     from mmprune.search import LATENCY_TOLERANCE
-    from mmprune.timing import device_sync, interleaved_runs
-    from mmprune.tracing import inference_forward, make_batch
+    from mmprune.timing import device_sync
+    from mmprune.tracing import make_batch
     model, cfg = mmprune.build_model(config, checkpoint)
     model.to(device)
     dense = copy.deepcopy(model).eval()
@@ -48,16 +68,7 @@ def land(config: str, checkpoint, shape, target: float, seed: int, repeats: int,
     search_s = time.time() - t0
     model.eval()
     batch = make_batch(dense, cfg, shape)
-    retimed = []
-    with torch.no_grad():
-        for _ in range(repeats):
-            t = interleaved_runs({'dense': lambda: inference_forward(dense, batch),
-                                  'pruned': lambda: inference_forward(model, batch)},
-                                 runs, device_sync(device))
-            retimed.append(dict(
-                ratio=round(statistics.median(p / d for p, d in zip(t['pruned'], t['dense'])), 4),
-                dense_ms=round(statistics.median(t['dense']), 2),
-                pruned_ms=round(statistics.median(t['pruned']), 2)))
+    retimed = [retime(dense, model, batch, runs, device_sync(device)) for _ in range(repeats)]
     within = [abs(r['ratio'] - target) <= LATENCY_TOLERANCE * target for r in retimed]
     return dict(target=target, seed=seed, search=result.options.get('latency_ratio'),
                 pruning_ratio=result.options.get('pruning_ratio'),
@@ -78,9 +89,7 @@ def table(records: list) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('config')
-    p.add_argument('--checkpoint')
-    p.add_argument('--shape', type=int, nargs=2, default=(288, 384))
+    add_model_arguments(p)
     p.add_argument('--targets', type=float, nargs='+', default=[0.667, 0.5])
     p.add_argument('--seeds', type=int, nargs='+', default=[0])
     p.add_argument('--repeats', type=int, default=3)

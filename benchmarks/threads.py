@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 
@@ -28,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from landing import add_model_arguments, retime  # noqa: E402
 from speed import add_run_options, apply_malloc, write_results  # noqa: E402
 
 
@@ -37,8 +37,7 @@ def child(args) -> dict:
     import torch
 
     import mmprune
-    from mmprune.timing import interleaved_runs
-    from mmprune.tracing import inference_forward, make_batch
+    from mmprune.tracing import make_batch
     torch.set_num_threads(args.child_threads)
     apply_malloc(args)
     dense, cfg = mmprune.build_model(args.config, args.checkpoint)
@@ -47,15 +46,7 @@ def child(args) -> dict:
     mmprune.prune(model, args.pruning_ratio, cfg=cfg, input_shape=tuple(args.shape))
     model.eval()
     batch = make_batch(dense, cfg, tuple(args.shape))
-    reps = []
-    with torch.no_grad():
-        for _ in range(args.repeats):
-            t = interleaved_runs({'dense': lambda: inference_forward(dense, batch),
-                                  'pruned': lambda: inference_forward(model, batch)}, args.runs)
-            reps.append(dict(
-                ratio=round(statistics.median(p / d for p, d in zip(t['pruned'], t['dense'])), 4),
-                dense_ms=round(statistics.median(t['dense']), 2),
-                pruned_ms=round(statistics.median(t['pruned']), 2)))
+    reps = [retime(dense, model, batch, args.runs) for _ in range(args.repeats)]
     return dict(policy=os.environ.get('OMP_WAIT_POLICY', 'default'),
                 threads=torch.get_num_threads(), repeats=reps)
 
@@ -76,9 +67,7 @@ def table(records: list) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('config')
-    p.add_argument('--checkpoint')
-    p.add_argument('--shape', type=int, nargs=2, default=(288, 384))
+    add_model_arguments(p)
     p.add_argument('--pruning-ratio', type=float, default=0.46)
     p.add_argument('--policies', nargs='+', default=['default', 'PASSIVE', 'ACTIVE'])
     p.add_argument('--threads', type=int, nargs='+', default=[2, 1])

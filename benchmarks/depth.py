@@ -21,10 +21,10 @@ work and the block criterion has something to rank) and each speed-up ``s``:
 Every variant of a model is then timed in one final interleaved round beside the dense
 model (``--runs`` each, medians), in PyTorch eager on ``--device`` (the CPU by default;
 with ``cuda`` the searches time on the GPU too), on the inference forward
-(:func:`mmprune.tracing.inference_forward`). ``search`` in the records is what the search
-itself last measured, to compare with the final timing (how closely a target lands). Efficiency = speed-up x FLOPs fraction (1.0:
-every FLOP saved became time saved; above 1: more time saved than FLOPs, as removing a
-block's memory-bound work does).
+(:func:`mmprune.tracing.inference_forward`). ``search_latency`` in the records is what
+the search itself last measured, to compare with the final timing (how closely a target
+lands). Efficiency = speed-up x FLOPs fraction (1.0: every FLOP saved became time saved;
+above 1: more time saved than FLOPs, as removing a block's memory-bound work does).
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def bench_model(name: str, config: str, args) -> dict:
 
 def table(records: list) -> str:
     lines = ['| model | asked | mode | blocks | width ratio | latency: search / re-timed | '
-             'speed-up | FLOPs | params | efficiency |', '|---|---|---|---|---|---|---|---|---|---|']
+             'speed-up | FLOPs | params | efficiency |', '|---' * 10 + '|']
     for rec in records:
         for key, row in rec['variants'].items():
             asked, mode = key.split(' ')

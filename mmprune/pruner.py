@@ -183,7 +183,7 @@ class _Prune:
         model, cfg, opts = self.model, self.cfg, self.options
         h, w = self.recorded['input_shape']
         dense = None
-        if opts.target_latency is not None:  # timed beside a copy of the model as it is
+        if opts.target_latency is not None:  # beside a copy of the model, or the reference
             self.meter = LatencyRatio(copy.deepcopy(model) if self.latency_reference is None
                                       else self.latency_reference, self.batch,
                                       opts.latency_runs)

@@ -190,13 +190,14 @@ def search_latency(run: Callable[[float], Any], restore: Callable[[], None],
     """Prune to ``target`` of the reference latency within :data:`LATENCY_TOLERANCE`:
     each trial prunes at a ratio (``run``, which returns the FLOPs) and times the model
     (``measure``: its latency over the reference's); ``start`` is that fraction before
-    this prune (``of`` names what the latency is a fraction of). Time falls slower than FLOPs with the width (memory-bound layers shrink
-    with it, not its square), so the first guess assumes ``(1 - ratio) ** 1.5``. When no
-    ratio lands within the tolerance, the model keeps the largest ratio still above the
-    target.
+    this prune (``of`` names what the latency is a fraction of). Time falls slower than
+    FLOPs with the width (memory-bound layers shrink with it, not its square), so the
+    first guess assumes ``(1 - ratio) ** 1.5``. When no ratio lands within the tolerance,
+    the model keeps the largest ratio still above the target; when no trial reads below
+    the target, it is unreachable (ValueError).
 
-    A reading within the tolerance is taken again and the trial is judged on the mean of
-    the two (:func:`confirmed`).
+    A reading that meets the target is taken again and the trial is judged on the mean
+    of the two (:func:`confirmed`).
     """
     cap = min(max_ratio, 0.99)
     flops: Dict[float, int] = {}
@@ -207,8 +208,7 @@ def search_latency(run: Callable[[float], Any], restore: Callable[[], None],
         frac = confirmed(measure, target)
         readings[ratio] = frac
         print_log(f'[mmprune] ratio {ratio:.4f}: latency {frac:.1%} of {of} '
-                  f'(target {target:.1%})', logger='current',
-                  level=logging.INFO)
+                  f'(target {target:.1%})', logger='current', level=logging.INFO)
         return frac
 
     ratio, frac, met, pruned = bracket(timed, restore, 1.0, target, cap,

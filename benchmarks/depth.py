@@ -18,6 +18,13 @@ work and the block criterion has something to rank) and each speed-up ``s``:
 * **auto** (not run by default): ``prune(remove_blocks='auto', target_latency=1/s)``, the
   library's own walk (blocks until the target, then the width if they fall short).
 
+With ``--flops F ... --block-shares B ...`` each model is also pruned to a FLOPs fraction
+``F`` with a share ``B`` of its removable blocks gone first
+(``prune(target_flops=F, remove_blocks=B)``; ``B=0``: width only): at equal FLOPs, how much
+of the saving turns into time as the blocks take a larger part of it (the efficiency
+target is stated at 50 % FLOPs). A share whose blocks alone leave less than ``F`` keeps
+every channel and lands below ``F`` (the row shows its FLOPs).
+
 Every variant of a model is then timed in one final interleaved round beside the dense
 model (``--runs`` each, medians), in PyTorch eager on ``--device`` (the CPU by default;
 with ``cuda`` the searches time on the GPU too), on the inference forward
@@ -132,6 +139,27 @@ def bench_model(name: str, config: str, args) -> dict:
             info[key] = dict(detail, flops=flops, params=params, prune_s=round(time.time() - t0))
             print(f'  {key}: {detail}, FLOPs {flops / flops0:.1%}, {time.time() - t0:.0f} s',
                   flush=True)
+    for f in args.flops:
+        for share in args.block_shares:
+            key = f'{f:g}F {share:g}b'
+            t0 = time.time()
+            model = copy.deepcopy(dense)
+            try:
+                r = mmprune.prune(model, cfg=cfg, input_shape=args.shape, target_flops=f,
+                                  remove_blocks=share or None)
+            except Exception as e:
+                info[key] = dict(error=f'{type(e).__name__}: {str(e)[:300]}')
+                print(f'  {key}: {info[key]["error"]}', flush=True)
+                continue
+            flops, params = count_flops_params(model, batch)
+            variants[key] = model.eval()
+            info[key] = dict(asked=f'{f:.0%} FLOPs', mode=f'{share:.0%} of blocks + width',
+                             blocks=len(r.removed_blocks),
+                             pruning_ratio=r.options['pruning_ratio'], flops=flops,
+                             params=params, prune_s=round(time.time() - t0))
+            print(f'  {key}: {len(r.removed_blocks)} blocks, ratio '
+                  f'{r.options["pruning_ratio"]:.3f}, FLOPs {flops / flops0:.1%}, '
+                  f'{time.time() - t0:.0f} s', flush=True)
     fns = {'dense': lambda: inference_forward(dense, batch)}
     fns.update({k: (lambda m=m: inference_forward(m, batch)) for k, m in variants.items()})
     with torch.no_grad():
@@ -151,7 +179,7 @@ def table(records: list) -> str:
              'speed-up | FLOPs | params | efficiency |', '|---' * 10 + '|']
     for rec in records:
         for key, row in rec['variants'].items():
-            asked, mode = key.split(' ')
+            asked, mode = (row['asked'], row['mode']) if 'asked' in row else key.split(' ')
             if 'error' in row:
                 lines.append(f'| {rec["name"]} | {asked} | {mode} | {row["error"][:80]} '
                              f'| | | | | | |')
@@ -170,8 +198,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--models', nargs='+', default=list(MODELS),
                    help=f'names from {list(MODELS)} or config paths')
-    p.add_argument('--speedups', type=float, nargs='+', default=[1.5, 2.0])
-    p.add_argument('--modes', nargs='+', choices=MODES, default=list(MODES[:3]))
+    p.add_argument('--speedups', type=float, nargs='*', default=[1.5, 2.0],
+                   help='measured speed-ups asked of each --modes (none: only --flops rows)')
+    p.add_argument('--modes', nargs='*', choices=MODES, default=list(MODES[:3]))
+    p.add_argument('--flops', type=float, nargs='*', default=[],
+                   help='also prune to these FLOPs fractions, one variant per --block-shares')
+    p.add_argument('--block-shares', type=float, nargs='+', default=[0, 0.25, 0.5, 0.75, 1.0],
+                   help='shares of the removable blocks removed before the width (--flops)')
     p.add_argument('--shape', type=int, nargs=2, default=(512, 512))
     p.add_argument('--runs', type=int, default=6)
     p.add_argument('--device', default='cpu',

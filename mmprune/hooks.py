@@ -32,11 +32,11 @@ from .importance import DEFAULT_IMPORTANCE
 from .options import PruneOptions, match_modules
 from .pruner import prune
 from .registry import HOOKS
+from .schedule import Schedule
 from .structure import apply_structure, compose, is_empty, structure_hash
 from .tracing import make_batch, tracing_state
 from .tracking import remap_optimizer, slice_copy, slices_by_name, track_slices
 
-RAMPS = ('linear', 'cubic')
 META_KEY = 'mmprune'
 #: ``meta['mmprune']['flops_counter']`` of checkpoints whose FLOPs are MACs per image
 #: (:mod:`mmprune.flops`); checkpoints saved before 2026-11-28 lack it: their FLOPs came
@@ -115,20 +115,12 @@ class PruningHook(Hook):
                                   dict(pruning_ratio=pruning_ratio)))
         if pruning_ratio is not None:
             pruning_ratio = checked.pruning_ratio
-        if ramp not in RAMPS:
-            raise ValueError(f'ramp must be one of {RAMPS}, but got {ramp!r}')
-        for key, value in (('begin', begin), ('interval', interval)):
-            if not isinstance(value, int) or value < (1 if key == 'interval' else 0):
-                raise ValueError(f'{key} must be a {"positive" if key == "interval" else "non-negative"} '
-                                 f'int, but got {value!r}')
-        if end is not None and (not isinstance(end, int) or end <= begin):
-            raise ValueError(f'end must be an int above begin={begin}, or None, but got {end!r}')
+        self.schedule = Schedule(begin, end, interval, ramp, by_epoch)
         self.importance = importance
         self.pruning_ratio = pruning_ratio
         self.target_flops = target_flops
         self.by_epoch = by_epoch
-        self.points = list(range(begin, end if end is not None else begin + 1, interval))
-        self.ramp = ramp
+        self.points = self.schedule.points
         self.input_shape = input_shape
         self.options = options
         self.batches: collections.deque = collections.deque(maxlen=num_batches)
@@ -150,33 +142,24 @@ class PruningHook(Hook):
         self.latency_reference: Optional[nn.Module] = None
         allow_mmengine_types()  # --resume loads the Runner's checkpoints with weights_only=True
 
-    # ---- schedule ---------------------------------------------------------------------
-    def fraction(self, k: int) -> float:
-        """Share of the final pruning reached after step ``k`` (0-based)."""
-        x = (k + 1) / len(self.points)
-        return x if self.ramp == 'linear' else 1 - (1 - x) ** 3
-
+    # ---- what each step asks (the ramp: :class:`~mmprune.schedule.Schedule`) ----------
     def step_kwargs(self, k: int) -> Dict[str, Any]:
         """Arguments of :func:`mmprune.prune` for step ``k`` on the current model."""
         kwargs: Dict[str, Any] = dict(importance=self.importance, **self.options)
-
-        def step_ratio(ratio: float) -> float:  # of the channels left, so that the steps
-            done = ratio * (self.fraction(k - 1) if k > 0 else 0.0)  # compose to ``ratio``
-            return 1 - (1 - ratio * self.fraction(k)) / (1 - done)
-
+        schedule = self.schedule
         if self.options.get('target_latency') is not None:
             # of the dense latency, measured beside the dense copy where there is one,
             # else beside the model the step starts from
-            goal = 1 - (1 - self.options['target_latency']) * self.fraction(k)
+            goal = schedule.goal(self.options['target_latency'], k)
             kwargs['target_latency'] = goal if self.latency_reference is not None \
                 else min(1.0, goal / self.latency_fraction)
         elif self.target_flops is not None:
-            goal = 1 - (1 - self.target_flops) * self.fraction(k)  # of the dense FLOPs
+            goal = schedule.goal(self.target_flops, k)  # of the dense FLOPs
             kwargs['target_flops'] = min(1.0, goal * self.dense['flops'] / self.current['flops'])
         else:
-            kwargs['pruning_ratio'] = step_ratio(self.pruning_ratio or 0.0)
+            kwargs['pruning_ratio'] = schedule.step_ratio(self.pruning_ratio or 0.0, k)
         if self.options.get('pruning_ratio_dict'):  # fixed ratios: ramped, as the ratio is
-            kwargs['pruning_ratio_dict'] = {p: step_ratio(r) for p, r in
+            kwargs['pruning_ratio_dict'] = {p: schedule.step_ratio(r, k) for p, r in
                                             self.options['pruning_ratio_dict'].items()}
         kwargs['remove_blocks'] = self.step_blocks(k)
         return kwargs
@@ -191,7 +174,7 @@ class PruningHook(Hook):
         if request is None or isinstance(request, (list, tuple)):
             return request if k == 0 or not self.structure.get('removed') else None
         total = request if isinstance(request, int) else round(request * self.block_total)
-        count = round(total * self.fraction(k)) - len(self.structure.get('removed', {}))
+        count = self.schedule.count(total, k) - len(self.structure.get('removed', {}))
         return count if count > 0 else None
 
     # ---- runner events ----------------------------------------------------------------
@@ -221,27 +204,7 @@ class PruningHook(Hook):
             raise ValueError(f'{len(hooks)} PruningHooks in one run: each would prune the '
                              f'model again and their records would disagree; keep one '
                              f'(begin/end/interval give it several steps)')
-        from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
-        loop = runner.train_loop
-        todo = [p for p in self.points if p not in self.done]
-        unit = 'epoch' if self.by_epoch else 'iteration'
-        if self.by_epoch and isinstance(loop, IterBasedTrainLoop) and self.points != [0]:
-            raise ValueError(
-                f'PruningHook(by_epoch=True) steps at epochs {self.points}, but the train loop '
-                f'counts iterations (max_iters={loop.max_iters}) and has one epoch; set '
-                f'by_epoch=False and give begin/end/interval in iterations')
-        if isinstance(loop, (EpochBasedTrainLoop, IterBasedTrainLoop)):
-            last = (loop.max_epochs if self.by_epoch and isinstance(loop, EpochBasedTrainLoop)
-                    else loop.max_iters)
-            late = [p for p in todo if p >= last]
-            if late:
-                what = ('no pruning step would run' if late == todo else
-                        f'{len(late)} of its {len(self.points)} steps would not run and the '
-                        f'target would not be reached')
-                raise ValueError(
-                    f'PruningHook steps at {unit}s {late} fall after the end of training '
-                    f'(max_{unit}s={last}, {unit}s 0..{last - 1}): {what}; give begin/end '
-                    f'below {last}')
+        self.schedule.check_loop(runner.train_loop, self.done)
         model = unwrap_model(runner.model)
         if self.options.get('ignored_layers'):
             match_modules(model, self.options['ignored_layers'], 'ignored_layers entry')

@@ -182,6 +182,24 @@ def test_depth_auto_rows(tmp_path, monkeypatch):
     assert 0 < row['flops_frac'] < 1
 
 
+def test_depth_flops_block_share_rows(tmp_path):
+    import depth
+    out = tmp_path / 'depth.json'
+    assert depth.main(['--models', os.path.join(ROOT, 'configs/tiny/retinanet_r18_tiny.py'),
+                       '--modes', '--speedups', '--flops', '0.6', '--block-shares', '0', '1',
+                       '--shape', '64', '64', '--runs', '1', '--malloc', 'default',
+                       '--out', str(out)]) == 0
+    record = json.loads(out.read_text())
+    rows = record['records'][0]['variants']
+    assert set(rows) == {'0.6F 0b', '0.6F 1b'}
+    width, blocks = rows['0.6F 0b'], rows['0.6F 1b']
+    assert width['blocks'] == 0 and width['pruning_ratio'] > 0
+    assert blocks['blocks'] >= 1  # every removable block of the tiny ResNet-18
+    assert abs(width['flops_frac'] - 0.6) < 0.03
+    assert blocks['flops_frac'] < 0.6 * 1.03  # blocks first; the width only if above
+    assert '| retinanet_r18_tiny | 60% FLOPs | 100% of blocks + width |' in record['table']
+
+
 def test_landing_rows(tmp_path, monkeypatch):
     import landing
 

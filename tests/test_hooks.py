@@ -252,6 +252,35 @@ def test_per_layer_ratios_compose_over_the_steps(mode):
     assert len(hook.points) == 3 and kept == pytest.approx(0.4)
 
 
+@pytest.mark.parametrize('ramp', ['linear', 'cubic'])
+def test_schedule_ramps_reach_the_target_at_the_last_step(ramp):
+    from mmprune.schedule import Schedule
+    s = Schedule(begin=2, end=10, interval=2, ramp=ramp)
+    assert s.points == [2, 4, 6, 8]
+    shares = [s.fraction(k) for k in range(4)]
+    assert shares == sorted(shares) and shares[-1] == pytest.approx(1.0)
+    assert shares[0] == pytest.approx(0.25 if ramp == 'linear' else 1 - 0.75 ** 3)
+    assert s.goal(0.5, 3) == pytest.approx(0.5) and s.goal(0.5, 0) > 0.5
+    kept = 1.0
+    for k in range(4):  # step ratios of the channels left compose to the final ratio
+        kept *= 1 - s.step_ratio(0.6, k)
+    assert kept == pytest.approx(0.4)
+    assert [s.count(10, k) for k in range(4)][-1] == 10
+
+
+def test_schedule_refuses_steps_after_the_end_of_training():
+    from mmengine.runner import IterBasedTrainLoop
+
+    from mmprune.schedule import Schedule
+    loop = IterBasedTrainLoop.__new__(IterBasedTrainLoop)
+    loop._max_iters = 300
+    with pytest.raises(ValueError, match=r'iterations \[300\] fall after the end'):
+        Schedule(0, 400, 100, by_epoch=False).check_loop(loop, done=[])
+    Schedule(0, 300, 100, by_epoch=False).check_loop(loop, done=[])
+    with pytest.raises(ValueError, match='by_epoch=False'):
+        Schedule(0, 3, 1, by_epoch=True).check_loop(loop, done=[])
+
+
 def test_state_follows_the_pruned_channels():
     """Adam moments and an EMA copy are sliced exactly like the parameters."""
     torch.manual_seed(0)

@@ -9,7 +9,8 @@ For each model (the six of ``benchmarks/speed.py``; random init, with every norm
 weight drawn from U(0.5, 1.5) so that residual branches initialised to zero do some
 work and the block criterion has something to rank) and each speed-up ``s``:
 
-* **width**: ``prune(target_latency=1/s)``, the channels of every prunable group;
+* **width**: ``prune(target_latency=1/s, remove_blocks=0)``, the channels of every
+  prunable group;
 * **depth**: blocks removed one at a time in the order of ``block_criterion='output'``
   (least change first), the latency timed after each (interleaved with the dense
   model), until it is at most ``1/s`` of the dense one (within 5 %) or no block is left;
@@ -106,7 +107,8 @@ def bench_model(name: str, config: str, args) -> dict:
             try:
                 if mode == 'width':
                     r = mmprune.prune(model, cfg=cfg, input_shape=args.shape,
-                                      target_latency=target, latency_runs=args.runs)
+                                      target_latency=target, remove_blocks=0,
+                                      latency_runs=args.runs)
                     detail = dict(pruning_ratio=r.options['pruning_ratio'],
                                   search_latency=r.options.get('latency_ratio'))
                 elif mode == 'depth':

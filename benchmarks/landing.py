@@ -5,7 +5,8 @@
                                  [--device cpu] [--malloc steady]
                                  [--out benchmarks/results/landing_DATE.json]
 
-For each target and seed, ``mmprune.prune(target_latency=t)`` prunes a copy of the model
+For each target and seed, ``mmprune.prune(target_latency=t, remove_blocks=0)`` prunes the
+width of a copy of the model (blocks off, so that one search lands, not a walk of blocks)
 (``seed`` seeds the example batch; a checkpoint gives trained weights, whose channel
 ranking differs from random init); then the dense model and the result are timed
 ``--repeats`` times more in the same process, ``--runs`` interleaved rounds each, and each
@@ -64,7 +65,7 @@ def land(config: str, checkpoint, shape, target: float, seed: int, repeats: int,
     dense = copy.deepcopy(model).eval()
     t0 = time.time()
     result = mmprune.prune(model, cfg=cfg, input_shape=shape, target_latency=target,
-                           seed=seed)
+                           remove_blocks=0, seed=seed)
     search_s = time.time() - t0
     model.eval()
     batch = make_batch(dense, cfg, shape)

@@ -115,6 +115,9 @@ class PruningHook(Hook):
                                   dict(pruning_ratio=pruning_ratio)))
         if pruning_ratio is not None:
             pruning_ratio = checked.pruning_ratio
+        #: what ``remove_blocks`` asks of the whole run, its default resolved (``'auto'``
+        #: with ``target_latency``); :meth:`step_blocks` spreads it over the steps
+        self.block_request = checked.remove_blocks
         self.schedule = Schedule(begin, end, interval, ramp, by_epoch)
         self.importance = importance
         self.pruning_ratio = pruning_ratio
@@ -161,17 +164,17 @@ class PruningHook(Hook):
         if self.options.get('pruning_ratio_dict'):  # fixed ratios: ramped, as the ratio is
             kwargs['pruning_ratio_dict'] = {p: schedule.step_ratio(r, k) for p, r in
                                             self.options['pruning_ratio_dict'].items()}
-        kwargs['remove_blocks'] = self.step_blocks(k)
+        kwargs['remove_blocks'] = self.step_blocks(k) or 0  # 0: none at this step
         return kwargs
 
     def step_blocks(self, k: int) -> Any:
         """``remove_blocks`` of step ``k``: named blocks go at the first step; a count (or
         a fraction of the dense model's removable blocks, :attr:`block_total`) follows
         the ramp, counting the blocks already removed."""
-        request = self.options.get('remove_blocks')
+        request = self.block_request
         if request == 'auto':  # each step removes blocks until its own latency goal
             return request
-        if request is None or isinstance(request, (list, tuple)):
+        if not request or isinstance(request, (list, tuple)):
             return request if k == 0 or not self.structure.get('removed') else None
         total = request if isinstance(request, int) else round(request * self.block_total)
         count = self.schedule.count(total, k) - len(self.structure.get('removed', {}))
@@ -183,7 +186,7 @@ class PruningHook(Hook):
         if self.dense is None:  # not restored from a checkpoint: the model is dense now
             self.dense = self._count(runner)
             self.current = dict(self.dense)
-            if isinstance(self.options.get('remove_blocks'), float):
+            if isinstance(self.block_request, float):
                 from .depth import find_blocks
                 model = unwrap_model(runner.model)
                 self.block_total = len(find_blocks(model, make_batch(model, runner.cfg,

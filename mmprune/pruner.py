@@ -187,7 +187,7 @@ class _Prune:
             self.meter = LatencyRatio(copy.deepcopy(model) if self.latency_reference is None
                                       else self.latency_reference, self.batch,
                                       opts.latency_runs)
-        if opts.remove_blocks is not None:
+        if opts.remove_blocks:  # 0 / None: none
             dense = self._remove_blocks()
             restore = restore_point(model)  # trials restore to the model without the blocks
         with tracing_state(model), follow_input_channels(model):

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
@@ -144,11 +146,22 @@ def test_roi_align_kernels_agree(capsys):
     assert rows and all(r.endswith('| 0.0e+00 |') for r in rows)  # same values
 
 
-def test_depth_width_both_rows(tmp_path, monkeypatch):
-    import depth
-
+@pytest.fixture
+def flops_as_time(monkeypatch):
+    """The searches' latency readings are (FLOPs ratio) ** 0.75: deterministic, so that a
+    busy CPU does not decide which rows exist (the final timing round stays real)."""
+    from mmprune.flops import count_flops_params
     from mmprune.timing import LatencyRatio
-    monkeypatch.setattr(LatencyRatio, 'min_seconds', 0.0)  # its --runs alone, as before
+
+    def fake(self, model, runs=None):
+        ref = count_flops_params(self.reference, self.batch)[0]
+        self.last = dict(reference=1.0, model=1.0)
+        return (count_flops_params(model, self.batch)[0] / ref) ** 0.75
+    monkeypatch.setattr(LatencyRatio, '__call__', fake)
+
+
+def test_depth_width_both_rows(tmp_path, flops_as_time):
+    import depth
     out = tmp_path / 'depth.json'
     assert depth.main(['--models', os.path.join(ROOT, 'configs/tiny/retinanet_r18_tiny.py'),
                        '--speedups', '1.2', '--shape', '64', '64', '--runs', '1',
@@ -162,17 +175,8 @@ def test_depth_width_both_rows(tmp_path, monkeypatch):
     assert '| retinanet_r18_tiny | 1.2x | depth |' in record['table']
 
 
-def test_depth_auto_rows(tmp_path, monkeypatch):
+def test_depth_auto_rows(tmp_path, flops_as_time):
     import depth
-
-    from mmprune.flops import count_flops_params
-    from mmprune.timing import LatencyRatio
-
-    def flops_as_time(self, model, runs=None):  # deterministic: (FLOPs ratio) ** 0.75
-        ref = count_flops_params(self.reference, self.batch)[0]
-        self.last = dict(reference=1.0, model=1.0)
-        return (count_flops_params(model, self.batch)[0] / ref) ** 0.75
-    monkeypatch.setattr(LatencyRatio, '__call__', flops_as_time)
     out = tmp_path / 'depth.json'
     assert depth.main(['--models', os.path.join(ROOT, 'configs/tiny/retinanet_r18_tiny.py'),
                        '--speedups', '1.2', '--shape', '64', '64', '--runs', '1',

@@ -27,7 +27,7 @@ def flops_as_time(monkeypatch):
     monkeypatch.setattr(LatencyRatio, '__call__', fake)
 
 
-@pytest.mark.parametrize('blocks', [None, 2])
+@pytest.mark.parametrize('blocks', [0, 2])
 def test_the_width_is_searched_until_the_measured_latency_is_the_target(flops_as_time, blocks):
     model, cfg = mmprune.build_model(tiny('retinanet_r18_tiny'))
     result = mmprune.prune(model, cfg=cfg, input_shape=SHAPE, target_latency=0.6,
@@ -69,6 +69,21 @@ def test_auto_blocks_go_until_the_latency_is_met_then_the_width(flops_as_time, t
         from mmprune.depth import find_blocks
         assert len(removed) == len(find_blocks(dense, make_batch(dense, cfg, SHAPE)))
         assert result.options['pruning_ratio'] > 0
+
+
+def test_blocks_go_first_by_default_with_a_latency_target(flops_as_time):
+    """remove_blocks defaults to 'auto' with target_latency (none otherwise); 0 asks for
+    the width alone, and a recorded 0 read again still means no blocks."""
+    assert mmprune.PruneOptions(target_latency=0.5).remove_blocks == 'auto'
+    assert mmprune.PruneOptions(target_flops=0.5).remove_blocks is None
+    width = mmprune.PruneOptions(target_latency=0.5, remove_blocks=0)
+    assert width.remove_blocks == 0
+    assert mmprune.PruneOptions(**width.recorded()).remove_blocks == 0
+    model, cfg = mmprune.build_model(tiny('retinanet_r18_tiny'))
+    result = mmprune.prune(model, cfg=cfg, input_shape=SHAPE, target_latency=0.9,
+                           round_to=None)
+    assert result.options['remove_blocks'] == 'auto' and result.removed_blocks
+    assert result.latency[1] / result.latency[0] <= 0.9 * 1.05
 
 
 def test_auto_blocks_need_a_latency_target():

@@ -92,7 +92,9 @@ def add_block_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument('--remove-blocks', nargs='+', metavar='N|FRACTION|auto|NAME',
                    help='remove whole residual blocks: a count, a fraction of the removable '
                         'ones, block names (see mmprune.depth), or auto (with '
-                        '--target-latency: one at a time until the measured latency is met)')
+                        '--target-latency: one at a time until the measured latency is met; '
+                        'the default there), or 0 (none: --target-latency prunes the width '
+                        'alone)')
     p.add_argument('--block-criterion', choices=('output', 'loss'),
                    help='choose blocks by the output change (default) or loss increase when '
                         'skipped')

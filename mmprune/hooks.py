@@ -89,7 +89,9 @@ class PruningHook(Hook):
             ``seed``, ``fast_counts``, ``blocks_from``, ``trace_side`` ...), and
             ``remove_blocks`` (spread over the steps like the width) and
             ``target_latency`` (a fraction of the dense model's latency, measured at
-            each step; it replaces ``pruning_ratio`` / ``target_flops``).
+            each step; it replaces ``pruning_ratio`` / ``target_flops``; with it
+            ``remove_blocks`` defaults to ``'auto'``: each step removes blocks until its
+            own goal, then prunes the width).
     """
 
     priority = 'VERY_HIGH'  # its after_load_checkpoint must resize the model before EMAHook's

@@ -11,7 +11,8 @@ if len(sys.argv) > 1:
 rows = []
 for f in glob.glob(os.path.join(ROOT, '*/prune_train_summary.json')):
     name = os.path.basename(os.path.dirname(f))
-    model, mode, x, seed = re.match(r'(.*)_(width|both|depth)(_x1.5)?_s(\d)', name).groups()
+    model, mode, x, cwd, seed = re.match(r'(.*)_(width|both|depth|auto)(_x1.5)?(_cwd)?_s(\d)',
+                                         name).groups()
     s = json.load(open(f))
     comp = {c['tag']: c for c in s['compare']}
     key = [k for k in s['metrics'] if k.endswith('mAP') or k == 'mIoU'][0]
@@ -19,12 +20,15 @@ for f in glob.glob(os.path.join(ROOT, '*/prune_train_summary.json')):
     p, d = comp['pruned']['cpu_latency_ms'], comp['dense']['cpu_latency_ms']
     log = open(f.replace('/prune_train_summary.json', '.log')).read()
     blocks = sum(int(b) for b in re.findall(r'removing (\d+):', log))
-    rows.append(dict(model=model, asked='1.5x' if x else '2x', mode=mode, seed=int(seed),
+    if mode == 'auto':  # each step logs the blocks it removed, counting from 1
+        blocks = len(re.findall(r'block\(s\) removed \(', log))
+    rows.append(dict(model=model, asked='1.5x' if x else '2x', seed=int(seed),
+                     mode=mode + (' + distill (cwd)' if cwd else ''),
                      metric=m, flops=s['flops_ratio'], params=s['params_ratio'], blocks=blocks,
                      closing=d / p, retimed=retimed.get(name), name=name))
-order = dict(width=0, depth=1, both=2)
+order = dict(width=0, depth=1, both=2, auto=3)
 rows.sort(key=lambda r: (list(SAME_BUDGET).index(r['model']), -float(r['asked'][:-1]),
-                         order[r['mode']], r['seed']))
+                         order[r['mode'].split()[0]], r['mode'], r['seed']))
 print('| model, data | asked | mode | seed | blocks | FLOPs | params | speed-up, re-timed '
       '| speed-up, closing table | metric | of same-budget dense |')
 print('|---|---|---|---|---|---|---|---|---|---|---|')

@@ -89,9 +89,9 @@ class PruningHook(Hook):
             ``seed``, ``fast_counts``, ``blocks_from``, ``trace_side`` ...), and
             ``remove_blocks`` (spread over the steps like the width) and
             ``target_latency`` (a fraction of the dense model's latency, measured at
-            each step; it replaces ``pruning_ratio`` / ``target_flops``; with it
-            ``remove_blocks`` defaults to ``'auto'``: each step removes blocks until its
-            own goal, then prunes the width).
+            each step; it replaces ``pruning_ratio`` / ``target_flops``; with
+            ``remove_blocks='auto'`` each step removes blocks until its own goal, then
+            prunes the width).
     """
 
     priority = 'VERY_HIGH'  # its after_load_checkpoint must resize the model before EMAHook's
@@ -117,8 +117,8 @@ class PruningHook(Hook):
                                   dict(pruning_ratio=pruning_ratio)))
         if pruning_ratio is not None:
             pruning_ratio = checked.pruning_ratio
-        #: what ``remove_blocks`` asks of the whole run, its default resolved (``'auto'``
-        #: with ``target_latency``); :meth:`step_blocks` spreads it over the steps
+        #: what ``remove_blocks`` asks of the whole run (checked); :meth:`step_blocks`
+        #: spreads it over the steps
         self.block_request = checked.remove_blocks
         self.schedule = Schedule(begin, end, interval, ramp, by_epoch)
         self.importance = importance

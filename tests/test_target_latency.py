@@ -71,18 +71,18 @@ def test_auto_blocks_go_until_the_latency_is_met_then_the_width(flops_as_time, t
         assert result.options['pruning_ratio'] > 0
 
 
-def test_blocks_go_first_by_default_with_a_latency_target(flops_as_time):
-    """remove_blocks defaults to 'auto' with target_latency (none otherwise); 0 asks for
-    the width alone, and a recorded 0 read again still means no blocks."""
-    assert mmprune.PruneOptions(target_latency=0.5).remove_blocks == 'auto'
-    assert mmprune.PruneOptions(target_flops=0.5).remove_blocks is None
+def test_blocks_are_asked_for_not_a_default(flops_as_time):
+    """target_latency prunes the width unless remove_blocks asks for blocks (on Faster
+    R-CNN-R50 on a CPU all twelve blocks bought 1.04x: 'auto' by default would remove them
+    all first); 0 means none too, and a recorded 0 read again stays 0."""
+    assert mmprune.PruneOptions(target_latency=0.5).remove_blocks is None
     width = mmprune.PruneOptions(target_latency=0.5, remove_blocks=0)
     assert width.remove_blocks == 0
     assert mmprune.PruneOptions(**width.recorded()).remove_blocks == 0
     model, cfg = mmprune.build_model(tiny('retinanet_r18_tiny'))
     result = mmprune.prune(model, cfg=cfg, input_shape=SHAPE, target_latency=0.9,
                            round_to=None)
-    assert result.options['remove_blocks'] == 'auto' and result.removed_blocks
+    assert result.removed_blocks == [] and result.options['pruning_ratio'] > 0
     assert result.latency[1] / result.latency[0] <= 0.9 * 1.05
 
 

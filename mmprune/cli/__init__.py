@@ -92,9 +92,8 @@ def add_block_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument('--remove-blocks', nargs='+', metavar='N|FRACTION|auto|NAME',
                    help='remove whole residual blocks: a count, a fraction of the removable '
                         'ones, block names (see mmprune.depth), or auto (with '
-                        '--target-latency: one at a time until the measured latency is met; '
-                        'the default there), or 0 (none: --target-latency prunes the width '
-                        'alone)')
+                        '--target-latency: one at a time until the measured latency is met), '
+                        'or 0 (none, the default)')
     p.add_argument('--block-criterion', choices=('output', 'loss'),
                    help='choose blocks by the output change (default) or loss increase when '
                         'skipped')

@@ -36,6 +36,7 @@ from mmprune.apis import load_config
 from mmprune.checkpoint import atomic_write
 from mmprune.cli import add_block_flags, block_request
 from mmprune.distill import LOSSES
+from mmprune.schedule import RAMPS
 
 HOOK = 'mmprune.PruningHook'
 DISTILL_HOOK = 'mmprune.DistillHook'
@@ -56,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument('--end', type=int, help='no pruning step at or after this point')
     p.add_argument('--interval', type=int, help='epochs / iterations between steps')
     p.add_argument('--by-iter', action='store_true', help='count begin/end/interval in iterations')
-    p.add_argument('--ramp', choices=('linear', 'cubic'))
+    p.add_argument('--ramp', choices=tuple(RAMPS))
     p.add_argument('--round-to', type=int)
     p.add_argument('--allocation', choices=('uniform', 'latency'),
                    help='ratio per group: the same (default) or weighted by measured time per FLOP')

@@ -246,8 +246,12 @@ class _Prune:
         blocks, _ = select_blocks(model, opts.remove_blocks, self.batch, batches,
                                   opts.block_criterion, keep=list(self.ignored))
         if opts.remove_blocks == 'auto':  # one at a time until the latency is met
+            def now_flops() -> int:
+                with tracing_state(model):
+                    return count_flops_params(model, self.batch)[0]
             blocks, self.latency_now = blocks_to_latency(
-                model, blocks, lambda: self.meter(model), float(opts.target_latency))
+                model, blocks, lambda: self.meter(model), float(opts.target_latency),
+                flops=now_flops)
         else:
             remove_blocks(model, blocks)
         self.recorded['removed_blocks'] = [b.name for b in blocks]

@@ -4,6 +4,7 @@ import copy
 import time
 
 import pytest
+import torch
 
 import mmprune
 from mmprune.flops import count_flops_params
@@ -69,6 +70,65 @@ def test_auto_blocks_go_until_the_latency_is_met_then_the_width(flops_as_time, t
         from mmprune.depth import find_blocks
         assert len(removed) == len(find_blocks(dense, make_batch(dense, cfg, SHAPE)))
         assert result.options['pruning_ratio'] > 0
+
+
+@pytest.fixture
+def blocks_buy_nothing(monkeypatch):
+    """The 'latency' follows the width of the convolutions the model still has (their
+    output channels over the reference's, to the power 1.5): removing a block buys no
+    time, as removing Faster R-CNN-R50's blocks bought almost none on a CPU."""
+    def fake(self, model, runs=None):
+        ref = {n: m.out_channels for n, m in self.reference.named_modules()
+               if isinstance(m, torch.nn.Conv2d)}
+        now = {n: m.out_channels for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Conv2d)}
+        frac = (sum(now.values()) / sum(ref[n] for n in now)) ** 1.5
+        self.last = dict(reference=100.0, model=100.0 * frac)
+        return frac
+    monkeypatch.setattr(LatencyRatio, '__call__', fake)
+
+
+def test_auto_puts_back_blocks_that_buy_no_time(blocks_buy_nothing):
+    model, cfg = mmprune.build_model(tiny('retinanet_r18_tiny'))
+    result = mmprune.prune(model, cfg=cfg, input_shape=SHAPE, target_latency=0.6,
+                           remove_blocks='auto', round_to=None)
+    from mmprune.depth import SkippedBlock
+    assert result.removed_blocks == [] and not result.structure.get('removed')
+    assert not any(isinstance(m, SkippedBlock) for m in model.modules())
+    assert result.options['pruning_ratio'] > 0  # the width did the work
+    assert abs(result.latency[1] / result.latency[0] - 0.6) <= 0.05 * 0.6
+
+
+class _Res(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+@pytest.mark.parametrize('time_per_block, kept', [
+    ([0.05] * 10, 5),  # each block buys its FLOPs' share: the walk meets the target
+    ([0.05, 0.05, 0.05, 0.05, 0.005, 0.005, 0.005, 0.005, 0.005, 0.005], 4),
+    ([0.002] * 10, 0),  # none pays: all go back
+    ([0.05, 0.05, 0.05, 0.05] + [0.0] * 6, 4),  # the walk ends without meeting the target
+])
+def test_auto_keeps_the_blocks_that_buy_time(time_per_block, kept):
+    """Ten blocks of 5 % of the FLOPs each; a target of 75 % of the latency."""
+    from mmprune.depth import Block, SkippedBlock
+    from mmprune.search import blocks_to_latency
+    model = torch.nn.Sequential(*[_Res() for _ in range(10)])
+    blocks = [Block(str(i), 'x', 0, '_Res', 6) for i in range(10)]
+
+    def skipped():
+        return [i for i, m in enumerate(model) if isinstance(m, SkippedBlock)]
+    latency = lambda: 1 - sum(time_per_block[i] for i in skipped())  # noqa: E731
+    removed, frac = blocks_to_latency(model, blocks, latency, 0.75,
+                                      flops=lambda: 100 - 5 * len(skipped()))
+    assert [b.name for b in removed] == [str(i) for i in range(kept)] \
+        and skipped() == list(range(kept))
+    assert frac == pytest.approx(latency())
 
 
 def test_blocks_are_asked_for_not_a_default(flops_as_time):

@@ -90,8 +90,9 @@ class PruningHook(Hook):
             ``remove_blocks`` (spread over the steps like the width) and
             ``target_latency`` (a fraction of the dense model's latency, measured at
             each step; it replaces ``pruning_ratio`` / ``target_flops``; with
-            ``remove_blocks='auto'`` each step removes blocks until its own goal, then
-            prunes the width).
+            ``remove_blocks='auto'``, its default there, each step removes blocks that
+            buy time until its own goal, then prunes the width; ``remove_blocks=0``: the
+            width alone).
     """
 
     priority = 'VERY_HIGH'  # its after_load_checkpoint must resize the model before EMAHook's

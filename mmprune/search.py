@@ -268,8 +268,9 @@ def search_latency(run: Callable[[float], Any], restore: Callable[[], None],
                 + (f' with {at / dense_flops:.1%} of the dense FLOPs left: the rest is time '
                    f'the width does not shrink (per-operator overhead, post-processing)'
                    if at is not None and dense_flops else '')
-                + '; remove blocks (remove_blocks, which removes operators; \'auto\' stops '
-                  'when the target is met), or ask for more latency')
+                + '; remove (more) blocks (remove_blocks, which removes operators: \'auto\', '
+                  'the default, keeps only those that buy time; a count, a fraction or names '
+                  'remove them regardless), or ask for more latency')
         if ratio > 0 and not pruned:
             frac = timed(ratio)
         print_log(f'[mmprune] target_latency={target} not met within '

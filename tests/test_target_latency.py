@@ -131,19 +131,23 @@ def test_auto_keeps_the_blocks_that_buy_time(time_per_block, kept):
     assert frac == pytest.approx(latency())
 
 
-def test_blocks_are_asked_for_not_a_default(flops_as_time):
-    """target_latency prunes the width unless remove_blocks asks for blocks (on Faster
-    R-CNN-R50 on a CPU all twelve blocks bought 1.04x: 'auto' by default would remove them
-    all first); 0 means none too, and a recorded 0 read again stays 0."""
-    assert mmprune.PruneOptions(target_latency=0.5).remove_blocks is None
+def test_blocks_first_by_default(flops_as_time):
+    """target_latency removes blocks that buy time first unless told otherwise
+    (remove_blocks=0: the width alone, and a recorded 0 read again stays 0)."""
+    assert mmprune.PruneOptions(target_latency=0.5).remove_blocks == 'auto'
+    assert mmprune.PruneOptions(target_flops=0.5).remove_blocks is None
     width = mmprune.PruneOptions(target_latency=0.5, remove_blocks=0)
     assert width.remove_blocks == 0
     assert mmprune.PruneOptions(**width.recorded()).remove_blocks == 0
     model, cfg = mmprune.build_model(tiny('retinanet_r18_tiny'))
     result = mmprune.prune(model, cfg=cfg, input_shape=SHAPE, target_latency=0.9,
                            round_to=None)
-    assert result.removed_blocks == [] and result.options['pruning_ratio'] > 0
+    assert result.removed_blocks and result.options['remove_blocks'] == 'auto'
     assert result.latency[1] / result.latency[0] <= 0.9 * 1.05
+    model, cfg = mmprune.build_model(tiny('retinanet_r18_tiny'))
+    result = mmprune.prune(model, cfg=cfg, input_shape=SHAPE, target_latency=0.9,
+                           remove_blocks=0, round_to=None)
+    assert result.removed_blocks == [] and result.options['pruning_ratio'] > 0
 
 
 def test_auto_blocks_need_a_latency_target():

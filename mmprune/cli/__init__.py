@@ -92,8 +92,9 @@ def add_block_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument('--remove-blocks', nargs='+', metavar='N|FRACTION|auto|NAME',
                    help='remove whole residual blocks: a count, a fraction of the removable '
                         'ones, block names (see mmprune.depth), or auto (with '
-                        '--target-latency: one at a time until the measured latency is met), '
-                        'or 0 (none, the default)')
+                        '--target-latency: one at a time until the measured latency is met, '
+                        'keeping those that buy time; the default there), or 0 (none: '
+                        '--target-latency prunes the width alone)')
     p.add_argument('--block-criterion', choices=('output', 'loss'),
                    help='choose blocks by the output change (default) or loss increase when '
                         'skipped')

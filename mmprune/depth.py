@@ -214,6 +214,17 @@ def put_back(model: nn.Module, removed: Dict[str, nn.Module]) -> None:
         replace_module(model, name, module)
 
 
+def empties_its_container(model: nn.Module, block: Block) -> bool:
+    """Whether removing ``block`` would leave the module holding it with no layer: the
+    last transformer layer of a MiT / Swin stage, say, whose stage would then be its
+    patch embedding alone. (A ResNet or MobileNetV2 stage always keeps its first block,
+    which changes the shape and is not removable.)"""
+    parent, child = _parent(model, block.name)
+    return not any(name != child and not isinstance(m, SkippedBlock)
+                   and any(True for _ in m.parameters())
+                   for name, m in parent.named_children())
+
+
 def _outputs(model: nn.Module, batches: Sequence[Dict[str, Any]], criterion: str,
              forward: Callable) -> List[Any]:
     from .loss import loss_mode, model_loss

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch.nn as nn
 from mmengine.logging import print_log
 
-from .depth import put_back, remove_blocks, skipped_blocks
+from .depth import empties_its_container, put_back, remove_blocks, skipped_blocks
 from .structure import apply_structure, snapshot, structure_between
 
 #: relative tolerance on ``target_flops``
@@ -188,7 +188,9 @@ def blocks_to_latency(model: nn.Module, ranked: List[Any], measure: Callable[[],
     is put back and the walk stops, leaving the rest to the width. Runs, not single
     blocks, because one block's time is within the timing noise; not the whole walk,
     because blocks that buy time would carry the ones after them that do not. A walk that
-    meets the target keeps its blocks: they bought the time asked for.
+    meets the target keeps its blocks: they bought the time asked for. A block that is
+    the last layer left in its container (:func:`mmprune.depth.empties_its_container`) is
+    not removed: without that, MiT-B0 at 2x lost all eight transformer layers.
     """
     removed: List[Any] = []
     modules: Dict[str, nn.Module] = {}
@@ -198,6 +200,10 @@ def blocks_to_latency(model: nn.Module, ranked: List[Any], measure: Callable[[],
     for block in ranked:
         if frac <= target * (1 + LATENCY_TOLERANCE):
             break
+        if empties_its_container(model, block):
+            print_log(f'[mmprune] {block.name} kept: the last layer of its stage',
+                      logger='current', level=logging.INFO)
+            continue
         modules.update(remove_blocks(model, [block]))
         removed.append(block)
         frac = confirmed(measure, target)

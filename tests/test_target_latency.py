@@ -108,14 +108,15 @@ class _Res(torch.nn.Module):
         return x + self.conv(x)
 
 
-@pytest.mark.parametrize('time_per_block, kept', [
-    ([0.05] * 10, 5),  # each block buys its FLOPs' share: the walk meets the target
-    ([0.05, 0.05, 0.05, 0.05, 0.005, 0.005, 0.005, 0.005, 0.005, 0.005], 4),
-    ([0.002] * 10, 0),  # none pays: all go back
-    ([0.05, 0.05, 0.05, 0.05] + [0.0] * 6, 4),  # the walk ends without meeting the target
+@pytest.mark.parametrize('time_per_block, kept, target', [
+    ([0.05] * 10, 5, 0.75),  # each block buys its FLOPs' share: the walk meets the target
+    ([0.05, 0.05, 0.05, 0.05, 0.005, 0.005, 0.005, 0.005, 0.005, 0.005], 4, 0.75),
+    ([0.002] * 10, 0, 0.75),  # none pays: all go back
+    ([0.05, 0.05, 0.05, 0.05] + [0.0] * 6, 4, 0.75),  # stops short of the target
+    ([0.04] * 10, 9, 0.5),  # all pay, none meets the target: the last layer stays
 ])
-def test_auto_keeps_the_blocks_that_buy_time(time_per_block, kept):
-    """Ten blocks of 5 % of the FLOPs each; a target of 75 % of the latency."""
+def test_auto_keeps_the_blocks_that_buy_time(time_per_block, kept, target):
+    """Ten blocks of 5 % of the FLOPs each in one container."""
     from mmprune.depth import Block, SkippedBlock
     from mmprune.search import blocks_to_latency
     model = torch.nn.Sequential(*[_Res() for _ in range(10)])
@@ -124,11 +125,22 @@ def test_auto_keeps_the_blocks_that_buy_time(time_per_block, kept):
     def skipped():
         return [i for i, m in enumerate(model) if isinstance(m, SkippedBlock)]
     latency = lambda: 1 - sum(time_per_block[i] for i in skipped())  # noqa: E731
-    removed, frac = blocks_to_latency(model, blocks, latency, 0.75,
+    removed, frac = blocks_to_latency(model, blocks, latency, target,
                                       flops=lambda: 100 - 5 * len(skipped()))
     assert [b.name for b in removed] == [str(i) for i in range(kept)] \
         and skipped() == list(range(kept))
     assert frac == pytest.approx(latency())
+
+
+def test_auto_leaves_every_stage_a_layer(flops_as_time):
+    """MiT's stages hold nothing but removable layers: 'auto' keeps one in each."""
+    from test_depth import build
+    model, cfg, shape = build('mit')
+    result = mmprune.prune(model, cfg=cfg, input_shape=shape, target_latency=0.3,
+                           remove_blocks='auto', round_to=None)
+    stages = {n.rsplit('.', 1)[0] for n in result.removed_blocks}
+    assert len(result.removed_blocks) == len(stages) == 4  # one of the two of each stage
+    assert result.options['pruning_ratio'] > 0
 
 
 def test_blocks_first_by_default(flops_as_time):
@@ -176,7 +188,7 @@ def test_bad_latency_options(options, error):
         mmprune.PruneOptions(**options)
 
 
-@pytest.mark.parametrize('blocks', [1, 'auto'])
+@pytest.mark.parametrize('blocks', [1, 'auto', None])  # None: 'auto', the default
 def test_the_hook_ramps_the_latency_over_its_steps(flops_as_time, tmp_path, monkeypatch,
                                                     blocks):
     references = []

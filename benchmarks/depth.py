@@ -16,8 +16,9 @@ work and the block criterion has something to rank) and each speed-up ``s``:
   model), until it is at most ``1/s`` of the dense one (within 5 %) or no block is left;
 * **both**: half the blocks depth needed (all it could remove, when it fell short), then
   ``prune(remove_blocks=those, target_latency=1/s)`` for the width;
-* **auto** (not run by default): ``prune(remove_blocks='auto', target_latency=1/s)``, the
-  library's own walk (blocks until the target, then the width if they fall short).
+* **auto** (not run unless asked): ``prune(remove_blocks='auto', target_latency=1/s)``,
+  what ``target_latency`` does by default (blocks that buy time until the target, then
+  the width).
 
 With ``--flops F ... --block-shares B ...`` each model is also pruned to a FLOPs fraction
 ``F`` with a share ``B`` of its removable blocks gone first

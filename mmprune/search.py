@@ -184,8 +184,9 @@ def blocks_to_latency(model: nn.Module, ranked: List[Any], measure: Callable[[],
     With ``flops`` (the model's FLOPs now) the walk keeps only blocks that buy time. It
     judges the blocks in runs: once the blocks removed since the last judgement carry
     :data:`BLOCK_JUDGED_AT` of the FLOPs, the share of the latency they took away must be
-    at least :data:`BLOCK_MIN_EFFICIENCY` times their share of the FLOPs; a run that fails
-    is put back and the walk stops, leaving the rest to the width. Runs, not single
+    at least :data:`BLOCK_MIN_EFFICIENCY` times their share of the FLOPs (the latency at
+    the start and at each judgement read twice); a run that fails is put back and the
+    walk stops, leaving the rest to the width. Runs, not single
     blocks, because one block's time is within the timing noise; not the whole walk,
     because blocks that buy time would carry the ones after them that do not. A walk that
     meets the target keeps its blocks: they bought the time asked for. A block that is
@@ -195,6 +196,8 @@ def blocks_to_latency(model: nn.Module, ranked: List[Any], measure: Callable[[],
     removed: List[Any] = []
     modules: Dict[str, nn.Module] = {}
     start = frac = confirmed(measure, target)
+    if flops is not None and frac > target * (1 + LATENCY_TOLERANCE):
+        start = frac = (frac + measure()) / 2  # every judgement is against it
     readings = [(frac, flops() if flops is not None else 0)]  # after k blocks removed
     kept = 0  # blocks removed before the run being judged
     for block in ranked:
@@ -216,6 +219,8 @@ def blocks_to_latency(model: nn.Module, ranked: List[Any], measure: Callable[[],
         saved = (flops_before - flops_now) / readings[0][1]
         if saved < BLOCK_JUDGED_AT:
             continue
+        frac = (frac + measure()) / 2  # a judgement reads twice: one reading moves by a few %
+        readings[-1] = (frac, flops_now)
         efficiency = (frac0 - frac) / start / saved
         if efficiency >= BLOCK_MIN_EFFICIENCY:
             kept = len(removed)
@@ -224,9 +229,10 @@ def blocks_to_latency(model: nn.Module, ranked: List[Any], measure: Callable[[],
         put_back(model, {b.name: modules[b.name] for b in back})
         removed, frac = removed[:kept], frac0
         print_log(f'[mmprune] blocks {[b.name for b in back]} took '
-                  f'{(frac0 - readings[-1][0]) / start:.1%} of the latency away for {saved:.1%} of the FLOPs (efficiency '
-                  f'{efficiency:.2f}, below {BLOCK_MIN_EFFICIENCY}): put back; {kept} kept, '
-                  f'the width does the rest', logger='current', level=logging.WARNING)
+                  f'{(frac0 - readings[-1][0]) / start:.1%} of the latency away for '
+                  f'{saved:.1%} of the FLOPs (efficiency {efficiency:.2f}, below '
+                  f'{BLOCK_MIN_EFFICIENCY}): put back; {kept} kept, the width does the rest',
+                  logger='current', level=logging.WARNING)
         break
     return removed, frac
 

@@ -198,6 +198,8 @@ def blocks_to_latency(model: nn.Module, ranked: List[Any], measure: Callable[[],
     start = frac = confirmed(measure, target)
     if flops is not None and frac > target * (1 + LATENCY_TOLERANCE):
         start = frac = (frac + measure()) / 2  # every judgement is against it
+        print_log(f'[mmprune] latency {start:.1%} before removing blocks (target '
+                  f'{target:.1%})', logger='current', level=logging.INFO)
     readings = [(frac, flops() if flops is not None else 0)]  # after k blocks removed
     kept = 0  # blocks removed before the run being judged
     for block in ranked:

@@ -253,18 +253,28 @@ def search_latency(run: Callable[[float], Any], restore: Callable[[], None],
     the target, it is unreachable (ValueError).
 
     A reading that meets the target is taken again and the trial is judged on the mean
-    of the two (:func:`confirmed`).
+    of the two (:func:`confirmed`). Trials whose FLOPs are equal pruned to the same channel
+    counts (nearby ratios round alike) and are judged on the mean of all their readings: in
+    a training run two such trials of a DeepLabV3+ read 47.1 % and 52.4 % of the dense
+    latency, one on each side of the tolerance of a 50 % target.
     """
     cap = min(max_ratio, 0.99)
     flops: Dict[float, int] = {}
     readings: Dict[float, float] = {}
+    by_structure: Dict[int, List[float]] = {}  # every reading, by the trial's FLOPs
 
     def timed(ratio: float) -> float:
         flops[ratio] = run(ratio)
-        frac = confirmed(measure, target)
-        readings[ratio] = frac
+        same = by_structure.setdefault(flops[ratio], [])
+        same.append(confirmed(measure, target))
+        frac = sum(same) / len(same)
+        for r, f in flops.items():  # one structure, one latency
+            if f == flops[ratio]:
+                readings[r] = frac
         print_log(f'[mmprune] ratio {ratio:.4f}: latency {frac:.1%} of {of} '
-                  f'(target {target:.1%})', logger='current', level=logging.INFO)
+                  f'(target {target:.1%})'
+                  + (f', the mean of {len(same)} trials of this structure' if len(same) > 1
+                     else ''), logger='current', level=logging.INFO)
         return frac
 
     ratio, frac, met, pruned = bracket(timed, restore, 1.0, target, cap,

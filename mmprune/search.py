@@ -224,17 +224,18 @@ def blocks_to_latency(model: nn.Module, ranked: List[Any], measure: Callable[[],
         frac = (frac + measure()) / 2  # a judgement reads twice: one reading moves by a few %
         readings[-1] = (frac, flops_now)
         efficiency = (frac0 - frac) / start / saved
+        judged = (f'blocks {[b.name for b in removed[kept:]]} took {(frac0 - frac) / start:.1%} '
+                  f'of the latency away for {saved:.1%} of the FLOPs (efficiency '
+                  f'{efficiency:.2f}')
         if efficiency >= BLOCK_MIN_EFFICIENCY:
+            print_log(f'[mmprune] {judged}): kept', logger='current', level=logging.INFO)
             kept = len(removed)
             continue
         back = removed[kept:]
         put_back(model, {b.name: modules[b.name] for b in back})
         removed, frac = removed[:kept], frac0
-        print_log(f'[mmprune] blocks {[b.name for b in back]} took '
-                  f'{(frac0 - readings[-1][0]) / start:.1%} of the latency away for '
-                  f'{saved:.1%} of the FLOPs (efficiency {efficiency:.2f}, below '
-                  f'{BLOCK_MIN_EFFICIENCY}): put back; {kept} kept, the width does the rest',
-                  logger='current', level=logging.WARNING)
+        print_log(f'[mmprune] {judged}, below {BLOCK_MIN_EFFICIENCY}): put back; {kept} kept, '
+                  f'the width does the rest', logger='current', level=logging.WARNING)
         break
     return removed, frac
 

@@ -79,6 +79,17 @@ def test_auto_blocks_go_until_the_latency_is_met_then_the_width(flops_as_time, t
 
 
 @pytest.fixture
+def said():
+    """What mmprune logs (``print_log`` to the current MMLogger) during the test."""
+    logger, messages = MMLogger.get_current_instance(), []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)
+
+
+@pytest.fixture
 def blocks_buy_nothing(monkeypatch):
     """The 'latency' follows the width of the convolutions the model still has (their
     output channels over the reference's, to the power 1.5): removing a block buys no
@@ -121,8 +132,9 @@ class _Res(torch.nn.Module):
     ([0.05, 0.05, 0.05, 0.05] + [0.0] * 6, 4, 0.75),  # stops short of the target
     ([0.04] * 10, 9, 0.5),  # all pay, none meets the target: the last layer stays
 ])
-def test_auto_keeps_the_blocks_that_buy_time(time_per_block, kept, target):
-    """Ten blocks of 5 % of the FLOPs each in one container."""
+def test_auto_keeps_the_blocks_that_buy_time(time_per_block, kept, target, said):
+    """Ten blocks of 5 % of the FLOPs each in one container: judged two at a time, and
+    each judgement is logged."""
     from mmprune.depth import Block, SkippedBlock
     from mmprune.search import blocks_to_latency
     model = torch.nn.Sequential(*[_Res() for _ in range(10)])
@@ -136,6 +148,7 @@ def test_auto_keeps_the_blocks_that_buy_time(time_per_block, kept, target):
     assert [b.name for b in removed] == [str(i) for i in range(kept)] \
         and skipped() == list(range(kept))
     assert frac == pytest.approx(latency())
+    assert len([m for m in said if m.endswith('): kept')]) == kept // 2
 
 
 def test_auto_leaves_every_stage_a_layer(flops_as_time):
@@ -313,7 +326,7 @@ def test_a_reading_within_the_tolerance_is_taken_again():
     assert readings[0] == pytest.approx(1 - 0.5 ** (1 / 1.5))  # true latency 0.63 there
 
 
-def test_trials_of_one_structure_are_judged_on_all_their_readings():
+def test_trials_of_one_structure_are_judged_on_all_their_readings(said):
     """Nearby ratios round to the same channel counts (equal FLOPs). Here the structure
     at ratios 0.5-0.6 takes 50 % of the latency, but its trials read 58 % and then 42 %
     (the mean of 40 and 44 %), each outside the 5 % of a 50 % target, one on each side
@@ -334,14 +347,7 @@ def test_trials_of_one_structure_are_judged_on_all_their_readings():
         state['noisy'] += 1
         return (0.58, 0.40, 0.44)[(state['noisy'] - 1) % 3]
 
-    logger, said = MMLogger.get_current_instance(), []
-    handler = logging.Handler()
-    handler.emit = lambda record: said.append(record.getMessage())
-    logger.addHandler(handler)
-    try:
-        found = search_latency(run, lambda: state.update(ratio=0.0), measure, 0.5, 0.99, 1.0)
-    finally:
-        logger.removeHandler(handler)
+    found = search_latency(run, lambda: state.update(ratio=0.0), measure, 0.5, 0.99, 1.0)
     assert math.floor(found['pruning_ratio'] * 10) == 5
     assert not [m for m in said if 'not met' in m]
     assert [m for m in said if 'latency 50.0% of the model before this prune (target 50.0%), '

@@ -2,6 +2,7 @@
 
     python benchmarks/depth.py [--models retinanet_r50 ...] [--speedups 1.5 2]
                                [--modes width depth both] [--shape 512 512] [--runs 6]
+                               [--allocation uniform|latency]
                                [--device cpu|cuda] [--malloc steady|default]
                                [--out benchmarks/results/depth_DATE.json]
 
@@ -25,7 +26,9 @@ With ``--flops F ... --block-shares B ...`` each model is also pruned to a FLOPs
 (``prune(target_flops=F, remove_blocks=B)``; ``B=0``: width only): at equal FLOPs, how much
 of the saving turns into time as the blocks take a larger part of it (the efficiency
 target is stated at 50 % FLOPs). A share whose blocks alone leave less than ``F`` keeps
-every channel and lands below ``F`` (the row shows its FLOPs).
+every channel and lands below ``F`` (the row shows its FLOPs). ``--allocation latency``
+shares the width by each layer's measured time per FLOP in every prune (``prune``'s
+``allocation``).
 
 Every variant of a model is then timed in one final interleaved round beside the dense
 model (``--runs`` each, medians), in PyTorch eager on ``--device`` (the CPU by default;
@@ -98,6 +101,7 @@ def bench_model(name: str, config: str, args) -> dict:
     dense, cfg, batch = build(config, args.shape, device=args.device)
     flops0, params0 = count_flops_params(dense, batch)
     variants, info = {}, {}
+    common = dict(cfg=cfg, input_shape=args.shape, allocation=args.allocation)
     for s in args.speedups:
         target = 1 / s
         depth_blocks = None
@@ -107,8 +111,7 @@ def bench_model(name: str, config: str, args) -> dict:
             model = copy.deepcopy(dense)
             try:
                 if mode == 'width':
-                    r = mmprune.prune(model, cfg=cfg, input_shape=args.shape,
-                                      target_latency=target, remove_blocks=0,
+                    r = mmprune.prune(model, **common, target_latency=target, remove_blocks=0,
                                       latency_runs=args.runs)
                     detail = dict(pruning_ratio=r.options['pruning_ratio'],
                                   search_latency=r.options.get('latency_ratio'))
@@ -121,14 +124,12 @@ def bench_model(name: str, config: str, args) -> dict:
                         depth_blocks, _ = depth_until(probe, cfg, batch, target, args.runs)
                         del probe
                     half = depth_blocks[:max(1, math.ceil(len(depth_blocks) / 2))]
-                    r = mmprune.prune(model, cfg=cfg, input_shape=args.shape,
-                                      remove_blocks=half, target_latency=target,
+                    r = mmprune.prune(model, **common, remove_blocks=half, target_latency=target,
                                       latency_runs=args.runs)
                     detail = dict(blocks=len(half), pruning_ratio=r.options['pruning_ratio'],
                                   search_latency=r.options.get('latency_ratio'))
                 elif mode == 'auto':
-                    r = mmprune.prune(model, cfg=cfg, input_shape=args.shape,
-                                      remove_blocks='auto', target_latency=target,
+                    r = mmprune.prune(model, **common, remove_blocks='auto', target_latency=target,
                                       latency_runs=args.runs)
                     detail = dict(blocks=len(r.removed_blocks),
                                   pruning_ratio=r.options['pruning_ratio'],
@@ -148,7 +149,7 @@ def bench_model(name: str, config: str, args) -> dict:
             t0 = time.time()
             model = copy.deepcopy(dense)
             try:
-                r = mmprune.prune(model, cfg=cfg, input_shape=args.shape, target_flops=f,
+                r = mmprune.prune(model, **common, target_flops=f,
                                   remove_blocks=share or None)
             except Exception as e:
                 info[key] = dict(error=f'{type(e).__name__}: {str(e)[:300]}')
@@ -209,6 +210,8 @@ def main(argv=None) -> int:
     p.add_argument('--block-shares', type=float, nargs='+', default=[0, 0.25, 0.5, 0.75, 1.0],
                    help='shares of the removable blocks removed before the width (--flops)')
     p.add_argument('--shape', type=int, nargs=2, default=(512, 512))
+    p.add_argument('--allocation', default='uniform', choices=('uniform', 'latency'),
+                   help="how the width is shared among the layers (prune's allocation)")
     p.add_argument('--runs', type=int, default=6)
     p.add_argument('--device', default='cpu',
                    help='where the models run, are pruned and timed (cpu, cuda, cuda:1)')

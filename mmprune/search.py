@@ -260,18 +260,17 @@ def search_latency(run: Callable[[float], Any], restore: Callable[[], None],
     latency, one on each side of the tolerance of a 50 % target.
     """
     cap = min(max_ratio, 0.99)
-    flops: Dict[float, int] = {}
-    readings: Dict[float, float] = {}
+    flops: Dict[float, int] = {}  # by ratio tried
     by_structure: Dict[int, List[float]] = {}  # every reading, by the trial's FLOPs
+
+    def latency(at_flops: int) -> float:  # one structure, one latency
+        return sum(by_structure[at_flops]) / len(by_structure[at_flops])
 
     def timed(ratio: float) -> float:
         flops[ratio] = run(ratio)
         same = by_structure.setdefault(flops[ratio], [])
         same.append(confirmed(measure, target))
-        frac = sum(same) / len(same)
-        for r, f in flops.items():  # one structure, one latency
-            if f == flops[ratio]:
-                readings[r] = frac
+        frac = latency(flops[ratio])
         print_log(f'[mmprune] ratio {ratio:.4f}: latency {frac:.1%} of {of} '
                   f'(target {target:.1%})'
                   + (f', the mean of {len(same)} trials of this structure' if len(same) > 1
@@ -283,9 +282,9 @@ def search_latency(run: Callable[[float], Any], restore: Callable[[], None],
                                         tolerance=LATENCY_TOLERANCE)
     if not met:
         # no trial came below the target: the search stopped at (or a hair under) the cap
-        if ratio >= cap or min(readings.values()) > target:
-            ratio = max(readings)
-            frac, at = readings[ratio], flops.get(ratio)
+        if ratio >= cap or min(map(latency, by_structure)) > target:
+            ratio = max(flops)
+            frac, at = latency(flops[ratio]), flops[ratio]
             raise ValueError(
                 f'target_latency={target} is unreachable: at ratio {ratio:.3f} (the largest '
                 f'allowed is {cap:.3f}, max_pruning_ratio={max_ratio}) the latency is still '
